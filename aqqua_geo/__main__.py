@@ -1,0 +1,3 @@
+from aqqua_geo.cli import main
+
+main()
