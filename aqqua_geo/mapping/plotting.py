@@ -1,0 +1,149 @@
+"""PNG maps of gridded products with cartopy, drawn fully offline.
+
+cartopy downloads Natural Earth shapefiles at draw time; offline that fails in ``savefig``.
+The package ships 110m land/coastline shapefiles in cartopy's folder layout
+(``aqqua_geo/data/natural_earth``, derived from the bundled admin-0 countries by
+:func:`build_natural_earth`) and :func:`use_offline_natural_earth` points
+``cartopy.config["pre_existing_data_dir"]`` at them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+PROJECTIONS = ("Robinson", "PlateCarree")
+
+
+def _ne_dir() -> Path:
+    from aqqua_geo import data
+
+    return data.path("natural_earth")
+
+
+def build_natural_earth(out_dir: str | Path | None = None) -> list[Path]:
+    """Write ``shapefiles/natural_earth/physical/ne_110m_{land,coastline}.shp``.
+
+    Land = union of the 177 bundled 110m admin-0 country polygons; coastline = its boundary.
+    """
+    import geopandas as gpd
+    import shapely
+    from aqqua_geo import data
+
+    src = data.path("ne_110m_admin_0_countries") / "ne_110m_admin_0_countries.shp"
+    countries = gpd.read_file(src)
+    land = shapely.union_all(shapely.make_valid(countries.geometry.values))
+    polys = [g for g in getattr(land, "geoms", [land]) if g.geom_type == "Polygon"]
+    root = Path(out_dir) if out_dir is not None else _ne_dir()
+    phys = root / "shapefiles" / "natural_earth" / "physical"
+    phys.mkdir(parents=True, exist_ok=True)
+    crs = countries.crs or "EPSG:4326"
+    land_gdf = gpd.GeoDataFrame({"featurecla": ["Land"] * len(polys)}, geometry=polys, crs=crs)
+    lines = [p.exterior for p in polys] + [r for p in polys for r in p.interiors]
+    coast = gpd.GeoDataFrame({"featurecla": ["Coastline"] * len(lines)},
+                             geometry=[shapely.LineString(r.coords) for r in lines], crs=crs)
+    paths = [phys / "ne_110m_land.shp", phys / "ne_110m_coastline.shp"]
+    land_gdf.to_file(paths[0], engine="pyogrio")
+    coast.to_file(paths[1], engine="pyogrio")
+    return paths
+
+
+def use_offline_natural_earth() -> Path:
+    """Point cartopy at the bundled shapefiles (idempotent); returns the folder."""
+    import cartopy
+
+    folder = _ne_dir()
+    if not (folder / "shapefiles/natural_earth/physical/ne_110m_coastline.shp").is_file():
+        raise FileNotFoundError(f"bundled coastlines missing under {folder}; run build_natural_earth()")
+    cartopy.config["pre_existing_data_dir"] = str(folder)
+    return folder
+
+
+def _label(da: xr.DataArray) -> str:
+    name = da.attrs.get("long_name", da.name or "")
+    units = da.attrs.get("units")
+    return f"{name} [{units}]" if units else str(name)
+
+
+def plot_map(
+    da: xr.DataArray,
+    path: str | Path,
+    *,
+    projection: str = "Robinson",
+    cmap: str = "viridis",
+    log: bool = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
+    points: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
+    """Save a global PNG map of a 2-D (lat, lon) field with coastlines and a units colour bar.
+
+    *log* uses a logarithmic colour scale (biomass spans orders of magnitude); *points* =
+    (lon, lat) overlays sampling stations.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import cartopy.crs as ccrs
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    extra = [d for d in da.dims if d not in ("lat", "lon")]
+    if extra:
+        raise ValueError(f"plot_map needs a (lat, lon) field; {da.name!r} also has dims {extra}")
+    use_offline_natural_earth()
+    values = np.asarray(da.transpose("lat", "lon").values, dtype="f8")
+    finite = values[np.isfinite(values)]
+    norm = None
+    if log:
+        pos = finite[finite > 0]
+        lo = vmin if vmin is not None else (np.percentile(pos, 1) if pos.size else 1e-3)
+        hi = vmax if vmax is not None else (np.percentile(pos, 99) if pos.size else 1.0)
+        norm = mcolors.LogNorm(vmin=lo, vmax=max(hi, lo * 10))
+        values = np.where(values > 0, values, np.nan)
+        vmin = vmax = None
+    elif finite.size and vmin is None and vmax is None:
+        vmin, vmax = np.percentile(finite, [1, 99])
+
+    fig = plt.figure(figsize=(9, 4.8))
+    ax = fig.add_subplot(1, 1, 1, projection=getattr(ccrs, projection)())
+    ax.set_global()
+    mesh = ax.pcolormesh(da["lon"].values, da["lat"].values, values, transform=ccrs.PlateCarree(),
+                         cmap=cmap, norm=norm, vmin=vmin, vmax=vmax, shading="auto")
+    ax.coastlines(resolution="110m", linewidth=0.5)
+    if points is not None:
+        ax.scatter(points[0], points[1], s=2, c="k", transform=ccrs.PlateCarree(), label="samples")
+    fig.colorbar(mesh, ax=ax, orientation="horizontal", pad=0.05, fraction=0.05,
+                 label=_label(da))
+    ax.set_title(title or str(da.attrs.get("long_name", da.name)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_products(ds: xr.Dataset, out_dir: str | Path, *, projection: str = "Robinson",
+                  log_vars: tuple[str, ...] = ()) -> list[Path]:
+    """One PNG per 2-D variable of *ds* (``*_std`` drawn with a sequential palette).
+
+    Extra dims (time, depth) are reduced to their first index with a note in the title.
+    """
+    out = []
+    for name, da in ds.data_vars.items():
+        if not {"lat", "lon"} <= set(da.dims):
+            continue
+        title = str(da.attrs.get("long_name", name))
+        for dim in [d for d in da.dims if d not in ("lat", "lon")]:
+            title += f" ({dim}={da[dim].values[0]})"
+            da = da.isel({dim: 0})
+        log = name in log_vars or name.removesuffix("_mean") in log_vars
+        cmap = "magma" if name.endswith("_std") else "viridis"
+        out.append(plot_map(da, Path(out_dir) / f"{name}.png", projection=projection,
+                            cmap=cmap, log=log, title=title))
+    return out
