@@ -1,0 +1,375 @@
+"""Species classification on frozen (or fine-tuned) embeddings.
+
+Three heads, one saved-file format:
+
+- :class:`KNNClassifier` — DINOv2's k-NN evaluation (``dinov2/eval/knn.py``): cosine
+  similarity on L2-normalised features, softmax(sim / T) over the top-k neighbours (T = 0.07)
+  summed as one-hot votes.
+- :class:`LinearProbe` — multinomial logistic regression on frozen features (scikit-learn),
+  stored as plain weights so that a torch-trained head (from :func:`finetune`) is the same
+  object.
+- :func:`finetune` — full fine-tuning of a backbone with a linear head (torch),
+  class-balanced loss and layer-wise learning-rate decay.
+
+Probabilities are calibrated with temperature scaling fitted on validation data
+(Guo et al. 2017); :func:`expected_calibration_error` reports ECE before and after.
+A trained head, its class list, calibration temperature, rare-class grouping, novelty scorer
+and the embedding it expects are saved together as one joblib file
+(:class:`ClassifierBundle`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+BUNDLE_FORMAT = "aqqua-classifier"
+BUNDLE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of *x* scaled to unit L2 norm (float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def file_sha256(path: str | Path, n_bytes: int = 1 << 20) -> str:
+    """Short fingerprint of a checkpoint: SHA-256 of its size and first MiB (fast, stable)."""
+    path = Path(path)
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(n_bytes))
+    return h.hexdigest()[:16]
+
+
+def _check_features(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_objects, dim), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or inf values")
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# k-NN (DINOv2 protocol)
+# --------------------------------------------------------------------------------------------
+class KNNClassifier:
+    """Temperature-weighted k-NN on cosine similarity (DINOv2 k-NN eval).
+
+    ``predict_proba`` returns, per query, ``sum_j softmax(s_j / T) * onehot(y_j)`` over its k
+    most similar training embeddings: rows sum to one. ``decision_function`` returns the log
+    of those probabilities (finite floor), so calibration and energy scores can treat it as
+    logits.
+    """
+
+    kind = "knn"
+
+    def __init__(self, k: int = 20, temperature: float = 0.07, batch_size: int = 4096):
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.k = int(k)
+        self.temperature = float(temperature)
+        self.batch_size = int(batch_size)
+
+    def fit(self, x: np.ndarray, y: Sequence[str]) -> KNNClassifier:
+        x = _check_features(x)
+        y = np.asarray(y)
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} embeddings but {len(y)} labels")
+        self.classes_ = np.unique(y)
+        self.train_features_ = l2_normalize(x)
+        self.train_labels_ = np.searchsorted(self.classes_, y)
+        return self
+
+    def kneighbors(self, x: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarities (descending) and indices of the *k* nearest training rows."""
+        k = min(k or self.k, len(self.train_features_))
+        q = l2_normalize(_check_features(x))
+        sims, idx = [], []
+        for start in range(0, len(q), self.batch_size):
+            s = q[start : start + self.batch_size] @ self.train_features_.T
+            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            ps = np.take_along_axis(s, part, axis=1)
+            order = np.argsort(-ps, axis=1, kind="stable")
+            sims.append(np.take_along_axis(ps, order, axis=1))
+            idx.append(np.take_along_axis(part, order, axis=1))
+        return np.concatenate(sims), np.concatenate(idx)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        sims, idx = self.kneighbors(x)
+        w = softmax(sims, self.temperature)  # (n, k)
+        proba = np.zeros((len(sims), len(self.classes_)), dtype=np.float64)
+        np.add.at(proba, (np.arange(len(sims))[:, None], self.train_labels_[idx]), w)
+        return proba
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(self.predict_proba(x), 1e-8))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(x).argmax(axis=1)]
+
+
+# --------------------------------------------------------------------------------------------
+# linear probe
+# --------------------------------------------------------------------------------------------
+class LinearProbe:
+    """Multinomial logistic regression on L2-normalised frozen features.
+
+    Stored as ``coef_`` (n_classes, dim) and ``intercept_`` so a torch-trained head
+    (:meth:`from_weights`) behaves identically. ``class_weight="balanced"`` counters the
+    heavy class imbalance of plankton data (detritus dominates).
+    """
+
+    kind = "linear"
+
+    def __init__(self, C: float = 1.0, max_iter: int = 2000, class_weight: str | None = "balanced",
+                 normalize: bool = True):
+        self.C = C
+        self.max_iter = max_iter
+        self.class_weight = class_weight
+        self.normalize = normalize
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        x = _check_features(x)
+        return l2_normalize(x) if self.normalize else x
+
+    def fit(self, x: np.ndarray, y: Sequence[str]) -> LinearProbe:
+        from sklearn.linear_model import LogisticRegression
+
+        y = np.asarray(y)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise ValueError(f"a linear probe needs at least 2 classes, got {list(classes)}")
+        clf = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)
+        clf.fit(self._prep(x), y)
+        self.classes_ = clf.classes_
+        coef, intercept = clf.coef_, clf.intercept_
+        if len(self.classes_) == 2:  # sklearn's binary head → symmetric two-logit form
+            coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        self.coef_ = coef.astype(np.float32)
+        self.intercept_ = intercept.astype(np.float32)
+        return self
+
+    @classmethod
+    def from_weights(cls, coef: np.ndarray, intercept: np.ndarray, classes: Sequence[str],
+                     normalize: bool = True) -> LinearProbe:
+        """A probe whose head was trained elsewhere (e.g. by :func:`finetune`)."""
+        probe = cls(normalize=normalize)
+        probe.coef_ = np.asarray(coef, dtype=np.float32)
+        probe.intercept_ = np.asarray(intercept, dtype=np.float32)
+        probe.classes_ = np.asarray(classes)
+        if probe.coef_.shape[0] != len(probe.classes_):
+            raise ValueError(f"head has {probe.coef_.shape[0]} outputs for {len(classes)} classes")
+        return probe
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        return self._prep(x) @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return softmax(self.decision_function(x))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes_[self.decision_function(x).argmax(axis=1)]
+
+
+# --------------------------------------------------------------------------------------------
+# calibration
+# --------------------------------------------------------------------------------------------
+def expected_calibration_error(proba: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: Σ_b |B_b|/n · |acc(B_b) − conf(B_b)| over equal-width confidence bins.
+
+    *y_true* holds class indices into the columns of *proba*.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    conf = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)  # conf == 1 → last bin
+    ece = 0.0
+    for b in np.unique(bins):
+        m = bins == b
+        ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature T minimising the NLL of ``softmax(logits / T)`` on validation data."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    logits = np.asarray(logits, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    rows = np.arange(len(y_true))
+
+    def nll(log_t: float) -> float:
+        return -log_softmax(logits / np.exp(log_t), axis=1)[rows, y_true].mean()
+
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+                          options={"xatol": 1e-5})
+    return float(np.exp(res.x))
+
+
+# --------------------------------------------------------------------------------------------
+# taxonomy: rare classes
+# --------------------------------------------------------------------------------------------
+def group_rare_classes(labels: Sequence[str], min_count: int = 10, strategy: str = "group",
+                       parents: dict[str, str] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Map classes with fewer than *min_count* examples to ``other_<parent>`` or drop them.
+
+    *parents* maps an EcoTaxa category to its parent taxon (from
+    ``object_annotation_hierarchy``); without one a rare class goes to ``other``. With
+    ``strategy="exclude"`` rare labels become ``None`` (callers drop those rows). A grouped
+    bucket that is itself still rare is dropped too. Returns the new labels and a per-class
+    report (``label, n, action, new_label``).
+    """
+    if strategy not in {"group", "exclude"}:
+        raise ValueError(f"strategy must be 'group' or 'exclude', got {strategy!r}")
+    labels = np.asarray(labels, dtype=object)
+    counts = Counter(labels)
+    parents = parents or {}
+    mapping: dict[str, str | None] = {}
+    for lab, n in counts.items():
+        if n >= min_count:
+            mapping[lab] = lab
+        elif strategy == "group":
+            parent = parents.get(lab)
+            mapping[lab] = f"other_{parent}" if parent else "other"
+        else:
+            mapping[lab] = None
+    grouped = Counter()
+    for lab, n in counts.items():
+        if mapping[lab] is not None:
+            grouped[mapping[lab]] += n
+    for lab, new in list(mapping.items()):
+        if new is not None and grouped[new] < min_count:
+            mapping[lab] = None
+    rows = []
+    for lab, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        new = mapping[lab]
+        action = "kept" if new == lab else ("excluded" if new is None else "grouped")
+        rows.append({"label": lab, "n": n, "action": action, "new_label": new})
+    new_labels = np.array([mapping[lab] for lab in labels], dtype=object)
+    return new_labels, pd.DataFrame(rows, columns=["label", "n", "action", "new_label"])
+
+
+def parents_from_hierarchy(categories: Sequence[str], hierarchies: Sequence[str]) -> dict[str, str]:
+    """``{category: parent}`` from EcoTaxa ``object_annotation_hierarchy`` strings (``a>b>c``)."""
+    out: dict[str, str] = {}
+    for cat, hier in zip(categories, hierarchies, strict=True):
+        if isinstance(hier, str) and ">" in hier:
+            out[cat] = hier.split(">")[-2].strip()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# saved classifier
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ClassifierBundle:
+    """Everything needed to classify new images: head + classes + calibration + embedding.
+
+    ``embedding`` records which backbone the head expects (``backbone_sha256`` from
+    :func:`file_sha256`, ``embed_dim``, ``max_tokens_per_batch``) so inference can refuse a
+    mismatched model. ``label_map`` is the rare-class grouping applied before training.
+    """
+
+    head: KNNClassifier | LinearProbe
+    temperature: float = 1.0
+    embedding: dict[str, Any] = field(default_factory=dict)
+    label_map: dict[str, str | None] = field(default_factory=dict)
+    novelty: Any = None  # aqqua_geo.foundation.novelty.NoveltyScorer
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.head.classes_
+
+    @property
+    def kind(self) -> str:
+        return self.head.kind
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Uncalibrated logits (linear head) or log-probabilities (k-NN)."""
+        return self.head.decision_function(x)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities, columns in :attr:`classes` order."""
+        return softmax(self.logits(x), self.temperature)
+
+    def calibrate(self, x_val: np.ndarray, y_val: Sequence[str], n_bins: int = 15) -> dict[str, float]:
+        """Fit the temperature on validation data; returns ECE/NLL before and after."""
+        y_idx = self._label_index(y_val)
+        logits = self.logits(x_val)
+        before = softmax(logits)
+        self.temperature = fit_temperature(logits, y_idx)
+        after = softmax(logits, self.temperature)
+        rows = np.arange(len(y_idx))
+        report = {
+            "temperature": self.temperature,
+            "ece_before": expected_calibration_error(before, y_idx, n_bins),
+            "ece_after": expected_calibration_error(after, y_idx, n_bins),
+            "nll_before": float(-np.log(np.maximum(before[rows, y_idx], 1e-12)).mean()),
+            "nll_after": float(-np.log(np.maximum(after[rows, y_idx], 1e-12)).mean()),
+        }
+        self.metrics["calibration"] = report
+        return report
+
+    def _label_index(self, y: Sequence[str]) -> np.ndarray:
+        y = np.asarray(y)
+        unknown = sorted(set(y) - set(self.classes))
+        if unknown:
+            raise ValueError(f"labels not known to the classifier: {unknown[:5]}")
+        return np.searchsorted(self.classes, y)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle as one joblib file (atomic: temp file then rename)."""
+        import joblib
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        joblib.dump({"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
+                     "head": self.head, "temperature": self.temperature,
+                     "embedding": self.embedding, "label_map": self.label_map,
+                     "novelty": self.novelty, "metrics": self.metrics}, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClassifierBundle:
+        import joblib
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"classifier file not found: {path}")
+        obj = joblib.load(path)
+        if not isinstance(obj, dict) or obj.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{path} is not an aqqua classifier file (format {BUNDLE_FORMAT!r})")
+        return cls(head=obj["head"], temperature=obj["temperature"], embedding=obj["embedding"],
+                   label_map=obj["label_map"], novelty=obj["novelty"], metrics=obj["metrics"])
+
+    def summary(self) -> str:
+        return json.dumps({"kind": self.kind, "classes": list(map(str, self.classes)),
+                           "temperature": round(self.temperature, 4), **self.metrics}, default=str)
