@@ -1,0 +1,401 @@
+"""Morphometric traits of plankton vignettes, as EcoTaxa/ZooProcess users know them.
+
+One image holds one organism (a vignette or an IFCB ROI). :func:`segment` finds it, :func:`measure`
+describes it in physical units, :func:`measure_many` does that for a whole store chunk, and
+:class:`TraitRegressor` learns traits from embeddings where metadata provide them.
+
+Segmentation
+    Instruments differ in illumination: the UVP images bright objects on a black background
+    (dark field); ZooScan, IFCB and FlowCam image dark (or mixed dark/bright, phase-contrast-like)
+    objects on a light background (bright field). The background grey level is the median of the
+    one-pixel image border, and the image is dark-field when that level is closer to the darkest
+    than to the brightest pixel. The object is what departs from the background by more than a
+    threshold on ``|grey - background|`` (this covers both polarities and IFCB's bright halos):
+    hysteresis between Otsu's (or the triangle) threshold of that contrast and half of it, never
+    below a noise floor estimated from the border, so that the faint body of a cell whose rim passes
+    the threshold is kept. A 2-pixel closing joins fragments, holes are filled, and the largest
+    8-connected object is kept (ZooProcess and WHOI's ifcb-features both describe the largest blob).
+
+Units (in the key names): ``_um`` µm, ``_um2`` µm², ``_um3`` µm³, ``_px`` pixels, ``_deg`` degrees;
+grey statistics are raw 8-bit grey levels of the image as stored (0 = black); ratios are unitless.
+
+Correspondence with ZooProcess/EcoTaxa ``object_*`` columns: area→``area_um2`` (ZooProcess area is in
+px; × pixel²), esd, major, minor, perim.→``perimeter_um``, feret→``feret_um``, circ.→``circularity``,
+elongation, mean/stddev/min/max/median/skew/kurt/range/cv→``*_grey``, intden→``intden_grey``,
+convarea→``convex_area_um2``, area_exc→``area_exc_um2``. Major/minor axes are those of the ellipse
+with the same second moments (``skimage.measure.regionprops``, as MATLAB and WHOI ifcb-features);
+ImageJ/ZooProcess rescale that ellipse to the object area, which differs by a few percent for
+irregular shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+#: Every key returned by :func:`measure`, with its unit ("1" = unitless, "grey" = 8-bit level).
+TRAIT_UNITS: dict[str, str] = {
+    "area_px": "px",
+    "area_um2": "um2",
+    "area_exc_um2": "um2",
+    "esd_um": "um",
+    "major_um": "um",
+    "minor_um": "um",
+    "perimeter_um": "um",
+    "feret_um": "um",
+    "convex_area_um2": "um2",
+    "width_um": "um",
+    "height_um": "um",
+    "biovolume_um3": "um3",
+    "biovolume_sph_um3": "um3",
+    "circularity": "1",
+    "elongation": "1",
+    "eccentricity": "1",
+    "solidity": "1",
+    "extent": "1",
+    "orientation_deg": "deg",
+    "mean_grey": "grey",
+    "std_grey": "grey",
+    "min_grey": "grey",
+    "max_grey": "grey",
+    "median_grey": "grey",
+    "range_grey": "grey",
+    "cv_grey": "1",
+    "skew_grey": "1",
+    "kurt_grey": "1",
+    "intden_grey": "grey",
+    "background_grey": "grey",
+    "contrast_grey": "grey",
+    "dark_field": "1",
+    "n_objects": "1",
+}
+
+TRAIT_KEYS: tuple[str, ...] = tuple(TRAIT_UNITS)
+
+_NOISE_SIGMAS = 4.0  # threshold floor, in robust standard deviations of the border noise
+_MIN_CONTRAST = 3.0  # grey levels: an image flatter than this holds no object
+_HYSTERESIS_LOW = 0.5  # low/high ratio of the hysteresis threshold
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """Return a float64 H×W grey image (ITU-R 601 luminance for RGB/RGBA input)."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 3:
+        img = img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    elif img.ndim != 2:
+        raise ValueError(f"expected an H×W or H×W×C image, got shape {img.shape}")
+    return img.astype(np.float64, copy=False)
+
+
+def _border(grey: np.ndarray) -> np.ndarray:
+    return np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+
+
+def background_level(grey: np.ndarray) -> tuple[float, bool, float]:
+    """Background grey level, dark-field flag and border noise (robust σ) from the image border."""
+    border = _border(grey)
+    bg = float(np.median(border))
+    dark_field = (bg - float(grey.min())) < (float(grey.max()) - bg)
+    noise = 1.4826 * float(np.median(np.abs(border - bg)))
+    return bg, bool(dark_field), noise
+
+
+def segment(image: np.ndarray, method: str | float = "otsu", closing_radius: int = 2) -> np.ndarray:
+    """Boolean mask of the organism in *image* (largest object, holes filled; may be all False).
+
+    ``method``: ``"otsu"`` or ``"triangle"``: hysteresis thresholding of the contrast to the
+    background, high = Otsu's (or the triangle) threshold, low = half of it, both at least 4 σ of
+    the border noise; or a number = one fixed contrast threshold in grey levels.
+    """
+    return _segment(to_grey(image), method, closing_radius)[1]
+
+
+def _segment(grey: np.ndarray, method: str | float, closing_radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels above the threshold, filled largest object) of a grey image."""
+    from scipy import ndimage as ndi
+    from skimage.filters import apply_hysteresis_threshold, threshold_otsu, threshold_triangle
+
+    empty = np.zeros(grey.shape, bool)
+    if min(grey.shape) < 2:
+        return empty, empty
+    bg, _, noise = background_level(grey)
+    contrast = np.abs(grey - bg)
+    if float(contrast.max()) < _MIN_CONTRAST:
+        return empty, empty
+    if isinstance(method, str):
+        if method == "otsu":
+            high = float(threshold_otsu(contrast))
+        elif method == "triangle":
+            high = float(threshold_triangle(contrast))
+        else:
+            raise ValueError(f"segment: unknown method {method!r} (expected 'otsu', 'triangle' or a number)")
+        floor = max(_NOISE_SIGMAS * noise, 1.0)
+        low = max(_HYSTERESIS_LOW * high, floor)
+        # hysteresis keeps the faint body of cells whose rim or organelles pass the threshold
+        above = apply_hysteresis_threshold(contrast, low, max(high, low))
+    else:
+        above = contrast > float(method)
+    closed = above
+    if closing_radius > 0:
+        # pad so that objects touching the border are not eroded by the closing
+        r = closing_radius
+        structure = np.ones((2 * r + 1, 2 * r + 1), bool)
+        closed = ndi.binary_closing(np.pad(above, r), structure=structure)[r:-r, r:-r]
+    return above, largest_object(ndi.binary_fill_holes(closed))
+
+
+def largest_object(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected component of *mask*."""
+    from scipy import ndimage as ndi
+
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask.astype(bool, copy=True)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _count_objects(mask: np.ndarray, min_px: int = 5) -> int:
+    """Number of 8-connected objects of at least *min_px* pixels (smaller ones are noise)."""
+    from scipy import ndimage as ndi
+
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    return int(np.count_nonzero(np.bincount(labels.ravel())[1:] >= min_px)) if n else 0
+
+
+def _nan_traits() -> dict[str, float]:
+    return {k: math.nan for k in TRAIT_KEYS}
+
+
+def measure(
+    image: np.ndarray,
+    pixel_size_um: float,
+    mask: np.ndarray | None = None,
+    method: str | float = "otsu",
+) -> dict[str, float]:
+    """Morphometric traits of the organism in *image* (keys and units: :data:`TRAIT_UNITS`).
+
+    *mask* (H×W, non-zero = object) replaces the automatic segmentation, e.g. to measure WHOI's
+    blob masks; only its largest object is measured. With no object every trait is NaN except
+    ``n_objects`` (0) and the background statistics. A NaN or missing pixel size leaves pixel-based
+    traits (``area_px``, grey levels, ratios) valid and makes physical sizes NaN.
+    """
+    from skimage.measure import regionprops
+
+    grey = to_grey(image)
+    bg, dark_field, _ = background_level(grey) if min(grey.shape) >= 2 else (float(grey.mean()), False, 0.0)
+    if mask is None:
+        raw, obj = _segment(grey, method)
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != grey.shape:
+            raise ValueError(f"measure: mask shape {mask.shape} differs from image shape {grey.shape}")
+        raw = mask != 0
+        obj = largest_object(raw)
+    out = _nan_traits()
+    out.update(background_grey=bg, dark_field=float(dark_field))
+    out["n_objects"] = float(_count_objects(raw))
+    if not obj.any():
+        return out
+
+    px = float(pixel_size_um) if pixel_size_um is not None else math.nan
+    if not px > 0:  # also catches NaN
+        px = math.nan
+    rp = regionprops(obj.astype(np.uint8))[0]
+    area = float(rp.area)
+    major = float(rp.axis_major_length)
+    minor = float(rp.axis_minor_length)
+    perim = float(rp.perimeter)
+    esd_px = 2.0 * math.sqrt(area / math.pi)
+    r0, c0, r1, c1 = rp.bbox
+    # area excluding holes: object pixels that passed the threshold before hole filling
+    area_exc = float(np.count_nonzero(obj & raw))
+
+    vals = grey[obj]
+    mean = float(vals.mean())
+    std = float(vals.std())
+    if std > 0:
+        z = (vals - mean) / std
+        skew = float(np.mean(z**3))
+        kurt = float(np.mean(z**4) - 3.0)
+    else:
+        skew = kurt = 0.0
+    vmin, vmax = float(vals.min()), float(vals.max())
+    out.update(
+        area_px=area,
+        area_um2=area * px**2,
+        area_exc_um2=area_exc * px**2,
+        esd_um=esd_px * px,
+        major_um=major * px,
+        minor_um=minor * px,
+        perimeter_um=perim * px,
+        feret_um=float(rp.feret_diameter_max) * px,
+        convex_area_um2=float(rp.area_convex) * px**2,
+        width_um=float(c1 - c0) * px,
+        height_um=float(r1 - r0) * px,
+        # prolate spheroid around the major axis: 4/3·π·(a/2)·(b/2)²
+        biovolume_um3=4.0 / 3.0 * math.pi * (major / 2.0) * (minor / 2.0) ** 2 * px**3,
+        biovolume_sph_um3=math.pi / 6.0 * esd_px**3 * px**3,
+        circularity=4.0 * math.pi * area / perim**2 if perim > 0 else math.nan,
+        elongation=major / minor if minor > 0 else math.nan,
+        eccentricity=float(rp.eccentricity),
+        solidity=float(rp.solidity),
+        extent=float(rp.extent),
+        orientation_deg=math.degrees(float(rp.orientation)),
+        mean_grey=mean,
+        std_grey=std,
+        min_grey=vmin,
+        max_grey=vmax,
+        median_grey=float(np.median(vals)),
+        range_grey=vmax - vmin,
+        cv_grey=std / mean if mean > 0 else math.nan,
+        skew_grey=skew,
+        kurt_grey=kurt,
+        intden_grey=float(vals.sum()),
+        contrast_grey=abs(mean - bg),
+    )
+    return out
+
+
+def measure_many(
+    images: Sequence[np.ndarray],
+    pixel_sizes_um: Sequence[float] | float,
+    masks: Sequence[np.ndarray | None] | None = None,
+    method: str | float = "otsu",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """:func:`measure` every image; one row per image, columns :data:`TRAIT_KEYS` (float64).
+
+    ``pixel_sizes_um`` is one value per image or a single value for all.
+    """
+    n = len(images)
+    if np.isscalar(pixel_sizes_um):
+        sizes = [float(pixel_sizes_um)] * n
+    else:
+        sizes = [float(p) for p in pixel_sizes_um]
+        if len(sizes) != n:
+            raise ValueError(f"measure_many: {n} images but {len(sizes)} pixel sizes")
+    if masks is not None and len(masks) != n:
+        raise ValueError(f"measure_many: {n} images but {len(masks)} masks")
+    it = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="traits", unit="img")
+    rows = [measure(images[i], sizes[i], None if masks is None else masks[i], method) for i in it]
+    return pd.DataFrame.from_records(rows, columns=list(TRAIT_KEYS)).astype("float64")
+
+
+class TraitRegressor:
+    """Learn traits (size, biovolume, carbon, …) from embeddings: a scaled Ridge or MLP regression.
+
+    ``kind="ridge"`` uses ``RidgeCV`` over ``alphas`` (closed form, fast, the default), ``"mlp"`` an
+    ``MLPRegressor`` with early stopping. ``log_target=True`` fits ``log10(y)`` (positive, skewed
+    traits such as biovolume or carbon) and :meth:`predict` returns values in the original units.
+    Rows with a NaN (or, with ``log_target``, non-positive) target are ignored in :meth:`fit`.
+    """
+
+    def __init__(
+        self,
+        kind: str = "ridge",
+        alphas: Sequence[float] = tuple(np.logspace(-3, 4, 15)),
+        hidden_layer_sizes: tuple[int, ...] = (256,),
+        log_target: bool = False,
+        random_state: int = 0,
+    ) -> None:
+        if kind not in ("ridge", "mlp"):
+            raise ValueError(f"TraitRegressor: kind must be 'ridge' or 'mlp', got {kind!r}")
+        self.kind = kind
+        self.alphas = tuple(alphas)
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.log_target = log_target
+        self.random_state = random_state
+        self.targets_: list[str] = []
+        self.model_ = None
+
+    def _y(self, y) -> tuple[np.ndarray, list[str]]:
+        if isinstance(y, pd.DataFrame):
+            return y.to_numpy(np.float64), [str(c) for c in y.columns]
+        if isinstance(y, pd.Series):
+            return y.to_numpy(np.float64)[:, None], [str(y.name or "y")]
+        arr = np.asarray(y, np.float64)
+        arr = arr[:, None] if arr.ndim == 1 else arr
+        return arr, [f"y{i}" for i in range(arr.shape[1])]
+
+    def _valid(self, y: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(y).all(axis=1)
+        if self.log_target:
+            ok &= (y > 0).all(axis=1)
+        return ok
+
+    def fit(self, X: np.ndarray, y) -> TraitRegressor:
+        """Fit on embeddings ``X`` (N, D) and targets ``y`` (N,) / (N, k) / Series / DataFrame."""
+        from sklearn.linear_model import RidgeCV
+        from sklearn.neural_network import MLPRegressor
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        X = np.asarray(X, np.float64)
+        Y, self.targets_ = self._y(y)
+        if len(X) != len(Y):
+            raise ValueError(f"TraitRegressor.fit: {len(X)} embeddings but {len(Y)} targets")
+        ok = self._valid(Y)
+        if ok.sum() < 3:
+            raise ValueError(f"TraitRegressor.fit: only {int(ok.sum())} rows with valid targets (need ≥ 3)")
+        Yt = np.log10(Y[ok]) if self.log_target else Y[ok]
+        if self.kind == "ridge":
+            reg = RidgeCV(alphas=self.alphas)
+        else:
+            reg = MLPRegressor(
+                hidden_layer_sizes=self.hidden_layer_sizes,
+                early_stopping=ok.sum() >= 20,
+                max_iter=500,
+                random_state=self.random_state,
+            )
+        self._ymean = Yt.mean(axis=0)
+        self._ystd = Yt.std(axis=0) + 1e-12
+        # standardised targets: one regularisation strength suits traits of any magnitude
+        self.model_ = make_pipeline(StandardScaler(), reg).fit(X[ok], (Yt - self._ymean) / self._ystd)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted traits, shape (N,) for one target, (N, k) for several, in the input units."""
+        if self.model_ is None:
+            raise RuntimeError("TraitRegressor.predict: call fit() first")
+        pred = self.model_.predict(np.asarray(X, np.float64)).reshape(len(X), -1)
+        pred = pred * self._ystd + self._ymean
+        if self.log_target:
+            pred = 10.0**pred
+        return pred[:, 0] if pred.shape[1] == 1 else pred
+
+    def score(self, X: np.ndarray, y) -> dict[str, float]:
+        """R² per target (on log10 values when ``log_target``), on rows with valid targets."""
+        from sklearn.metrics import r2_score
+
+        Y, names = self._y(y)
+        ok = self._valid(Y)
+        pred = np.asarray(self.predict(np.asarray(X)[ok])).reshape(int(ok.sum()), -1)
+        truth = Y[ok]
+        if self.log_target:
+            truth, pred = np.log10(truth), np.log10(pred)
+        return {n: float(r2_score(truth[:, i], pred[:, i])) for i, n in enumerate(names)}
+
+    def report(self, X: np.ndarray, y) -> pd.DataFrame:
+        """R², RMSE and n per target as a table (RMSE in log10 units when ``log_target``)."""
+        Y, names = self._y(y)
+        ok = self._valid(Y)
+        pred = np.asarray(self.predict(np.asarray(X)[ok])).reshape(int(ok.sum()), -1)
+        truth = Y[ok]
+        if self.log_target:
+            truth, pred = np.log10(truth), np.log10(pred)
+        r2 = self.score(X, y)
+        rmse = np.sqrt(np.mean((truth - pred) ** 2, axis=0))
+        return pd.DataFrame(
+            {"target": names, "r2": [r2[n] for n in names], "rmse": rmse, "n": int(ok.sum())}
+        ).set_index("target")
