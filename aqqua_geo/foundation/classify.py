@@ -373,3 +373,258 @@ class ClassifierBundle:
     def summary(self) -> str:
         return json.dumps({"kind": self.kind, "classes": list(map(str, self.classes)),
                            "temperature": round(self.temperature, 4), **self.metrics}, default=str)
+
+
+# --------------------------------------------------------------------------------------------
+# training from a store: frozen heads and full fine-tuning
+# --------------------------------------------------------------------------------------------
+def labelled_subset(store, labels: Sequence[str | None] | None = None, min_count: int = 10,
+                    rare: str = "group") -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Row indices and (rare-grouped) labels of the labelled objects of *store*.
+
+    *labels* overrides ``store.metadata["label"]`` (EcoTaxa ``object_annotation_category``),
+    one per row, ``None`` = unlabelled. Parents for ``other_<parent>`` come from the raw
+    ``object_annotation_hierarchy`` column when the store has one. Returns
+    ``(rows, labels, rare_class_report)``.
+    """
+    meta = store.metadata
+    raw_labels = meta["label"].to_numpy(dtype=object) if labels is None else np.asarray(labels, dtype=object)
+    if len(raw_labels) != len(meta):
+        raise ValueError(f"{len(raw_labels)} labels for a store of {len(meta)} objects")
+    have = np.array([isinstance(v, str) and v != "" for v in raw_labels])
+    if not have.any():
+        raise ValueError(f"store {store.path} has no labelled objects")
+    parents: dict[str, str] = {}
+    try:
+        raw = store.raw()
+        if "object_annotation_hierarchy" in raw and "object_annotation_category" in raw:
+            parents = parents_from_hierarchy(raw["object_annotation_category"].tolist(),
+                                             raw["object_annotation_hierarchy"].tolist())
+    except (FileNotFoundError, KeyError, ValueError):
+        pass
+    rows = np.flatnonzero(have)
+    grouped, report = group_rare_classes(raw_labels[rows], min_count=min_count, strategy=rare, parents=parents)
+    keep = np.array([g is not None for g in grouped])
+    return rows[keep], grouped[keep].astype(str), report
+
+
+def _split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    return train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
+
+
+def _finish_bundle(head, backbone_path: str | Path, emb: np.ndarray, labels: np.ndarray, tr: np.ndarray,
+                   va: np.ndarray, report: pd.DataFrame, novelty: str, extra: dict[str, Any]) -> ClassifierBundle:
+    """Calibrate on validation, attach a novelty scorer thresholded on validation, add metrics."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from aqqua_geo.foundation.novelty import NoveltyScorer
+
+    bundle = ClassifierBundle(head=head, embedding={"backbone_sha256": file_sha256(backbone_path),
+                                                    "embed_dim": int(emb.shape[1]), "pool": "cls", **extra})
+    bundle.label_map = {r.label: r.new_label for r in report.itertuples()}
+    calib = bundle.calibrate(emb[va], labels[va])
+    scorer = NoveltyScorer(novelty).fit(emb[tr], labels[tr])
+    scorer.set_threshold(emb[va], bundle.logits(emb[va]) if novelty == "energy" else None)
+    bundle.novelty = scorer
+    pred = bundle.classes[bundle.predict_proba(emb[va]).argmax(axis=1)]
+    bundle.metrics.update({"val_top1": float((pred == labels[va]).mean()),
+                           "val_balanced_accuracy": float(balanced_accuracy_score(labels[va], pred)),
+                           "n_train": int(len(tr)), "n_val": int(len(va)), "calibration": calib})
+    return bundle
+
+
+def train_classifier(backbone_path: str | Path, store, out_path: str | Path, kind: str = "knn", *,
+                     labels: Sequence[str | None] | None = None, k: int = 20, C: float = 1.0,
+                     min_count: int = 10, rare: str = "group", val_fraction: float = 0.2,
+                     novelty: str = "knn", seed: int = 0, device: str = "cpu",
+                     max_tokens_per_batch: int = 4096) -> ClassifierBundle:
+    """Fit a k-NN or linear-probe head on frozen embeddings of a store's labelled objects.
+
+    Splits stratified and seeded into train/validation, calibrates on validation, saves the
+    :class:`ClassifierBundle` to *out_path* and returns it.
+    """
+    from aqqua_geo.foundation.embed import embed_images
+    from aqqua_geo.foundation.vit import load_backbone
+    from aqqua_geo.store import AqquaStore
+
+    if kind not in {"knn", "linear"}:
+        raise ValueError(f"kind must be 'knn' or 'linear' (use finetune() for full fine-tuning), got {kind!r}")
+    store = AqquaStore(store) if isinstance(store, (str, Path)) else store
+    rows, y, report = labelled_subset(store, labels, min_count, rare)
+    model = load_backbone(backbone_path, device=device)
+    px = store.metadata["pixel_size_um"].to_numpy(dtype=np.float64)[rows]
+    emb = embed_images(model, store.get_many(rows.tolist()), list(px),
+                       max_tokens_per_batch=max_tokens_per_batch, device=device)
+    tr, va = _split(y, val_fraction, seed)
+    head = KNNClassifier(k=k) if kind == "knn" else LinearProbe(C=C)
+    head.fit(emb[tr], y[tr])
+    bundle = _finish_bundle(head, backbone_path, emb, y, tr, va, report, novelty,
+                            {"max_tokens_per_batch": max_tokens_per_batch})
+    bundle.metrics["rare_classes"] = report.to_dict("records")
+    bundle.save(out_path)
+    return bundle
+
+
+def class_weights(counts: Sequence[int], scheme: str = "effective_number", beta: float = 0.999) -> np.ndarray:
+    """Per-class loss weights, normalised to mean 1.
+
+    ``effective_number`` (Cui et al. 2019): ``(1 − β) / (1 − β^n_c)``;
+    ``inverse_frequency``: ``1 / n_c``; ``none``: ones.
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    if (n <= 0).any():
+        raise ValueError(f"class counts must be positive, got {n.tolist()}")
+    if scheme == "effective_number":
+        w = (1.0 - beta) / (1.0 - np.power(beta, n))
+    elif scheme == "inverse_frequency":
+        w = 1.0 / n
+    elif scheme == "none":
+        w = np.ones_like(n)
+    else:
+        raise ValueError(f"unknown class weighting {scheme!r} (effective_number | inverse_frequency | none)")
+    return w / w.mean()
+
+
+def layer_decay_param_groups(model, head, base_lr: float, layer_decay: float,
+                             weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups with layer-wise LR decay (BEiT/DINOv2 fine-tuning).
+
+    Embeddings (patch/pos/cls/register/mask tokens) are layer 0, ``blocks.i`` layer i+1, the
+    final norm and the head layer L+1; lr = base_lr · decay^(L+1−layer). Biases, norms and
+    tokens get no weight decay.
+    """
+    depth = len(model.blocks)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+
+    def layer_of(name: str) -> int:
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        if name.startswith("norm"):
+            return depth + 1
+        return 0
+
+    named = [(n, p, layer_of(n)) for n, p in model.named_parameters()]
+    named += [(f"head.{n}", p, depth + 1) for n, p in head.named_parameters()]
+    for name, param, layer in named:
+        if not param.requires_grad:
+            continue
+        no_wd = param.ndim <= 1 or name.endswith("token") or name.endswith("tokens")
+        key = (layer, no_wd)
+        if key not in groups:
+            scale = layer_decay ** (depth + 1 - layer)
+            groups[key] = {"params": [], "lr": base_lr * scale, "lr_scale": scale,
+                           "weight_decay": 0.0 if no_wd else weight_decay}
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random dihedral transform: plankton have no canonical orientation (size is kept)."""
+    image = np.rot90(image, k=int(rng.integers(4)))
+    return np.ascontiguousarray(image[:, ::-1] if rng.random() < 0.5 else image)
+
+
+def forward_images(model, images: Sequence[np.ndarray], pixel_sizes_um: Sequence[float], device) -> dict:
+    """Differentiable ``model(packed)`` on uint8 images (same preprocessing as ``embed_images``)."""
+    from aqqua_geo.foundation.embed import image_to_tensor
+    from aqqua_geo.foundation.packing import pack_images
+
+    cfg = model.cfg
+    tensors = [image_to_tensor(im, model.in_chans, cfg["img_mean"], cfg["img_std"]) for im in images]
+    packed = pack_images(tensors, [float(p) for p in pixel_sizes_um], model.patch_size,
+                         model.max_tokens_per_image + model.num_prefix_tokens,
+                         max_tokens_per_image=model.max_tokens_per_image,
+                         n_prefix_tokens=model.num_prefix_tokens).to(device)
+    return model(packed)
+
+
+def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
+             labels: Sequence[str | None] | None = None, epochs: int = 5, batch_size: int = 32,
+             lr: float = 2e-4, layer_decay: float = 0.75, weight_decay: float = 0.05,
+             loss_weighting: str = "effective_number", beta: float = 0.999, min_count: int = 10,
+             rare: str = "group", val_fraction: float = 0.2, novelty: str = "knn", seed: int = 0,
+             device: str = "cpu", max_tokens_per_batch: int = 4096,
+             progress: bool = True) -> tuple[Path, Path]:
+    """Fine-tune a backbone + linear head on a store's labelled objects.
+
+    Class-balanced cross-entropy (*loss_weighting*), AdamW with layer-wise LR decay and a
+    cosine schedule with one warm-up epoch, dihedral augmentation. Writes
+    ``OUT/backbone.pt`` (the fine-tuned backbone, :func:`~aqqua_geo.foundation.vit.save_backbone`)
+    and ``OUT/classifier.joblib`` (its head as a :class:`LinearProbe`, calibrated on the
+    validation split, with a novelty scorer); returns both paths.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from aqqua_geo.foundation.embed import embed_images
+    from aqqua_geo.foundation.vit import load_backbone, save_backbone
+    from aqqua_geo.store import AqquaStore
+
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    store = AqquaStore(store) if isinstance(store, (str, Path)) else store
+    rows, y, report = labelled_subset(store, labels, min_count, rare)
+    classes = np.unique(y)
+    y_idx = np.searchsorted(classes, y)
+    tr, va = _split(y, val_fraction, seed)
+    images = store.get_many(rows.tolist())
+    px = store.metadata["pixel_size_um"].to_numpy(dtype=np.float64)[rows]
+
+    model = load_backbone(backbone_path, device=device).train()
+    head = torch.nn.Linear(model.embed_dim, len(classes)).to(device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    groups = layer_decay_param_groups(model, head, lr, layer_decay, weight_decay)
+    opt = torch.optim.AdamW(groups, lr=lr)
+    weights = class_weights(np.bincount(y_idx[tr], minlength=len(classes)), loss_weighting, beta)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
+    steps_per_epoch = -(-len(tr) // batch_size)
+    total = epochs * steps_per_epoch
+    warmup = steps_per_epoch
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup)))
+
+    step, history = 0, []
+    bar = tqdm(total=total, desc="finetune", unit="step", disable=not progress)
+    for epoch in range(epochs):
+        order = rng.permutation(tr)
+        running = 0.0
+        for b in range(steps_per_epoch):
+            batch = order[b * batch_size : (b + 1) * batch_size]
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_scale"] * lr_factor(step)
+            out = forward_images(model, [_augment(images[i], rng) for i in batch], px[batch], device)
+            loss = loss_fn(head(out["cls"]), torch.as_tensor(y_idx[batch], device=device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 3.0)
+            opt.step()
+            running += float(loss) * len(batch)
+            step += 1
+            bar.update(1)
+        history.append({"epoch": epoch + 1, "train_loss": running / len(tr)})
+        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}")
+    bar.close()
+
+    out_dir = Path(out_dir)
+    model.eval()
+    backbone_out = save_backbone(model, out_dir / "backbone.pt",
+                                 extra={"finetune": {"source_backbone_sha256": file_sha256(backbone_path),
+                                                     "classes": [str(c) for c in classes], "epochs": epochs}})
+    emb = embed_images(model, images, list(px), max_tokens_per_batch=max_tokens_per_batch, device=device)
+    probe = LinearProbe.from_weights(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
+                                     classes, normalize=False)
+    bundle = _finish_bundle(probe, backbone_out, emb, y, tr, va, report, novelty,
+                            {"max_tokens_per_batch": max_tokens_per_batch})
+    bundle.metrics.update({"history": history, "loss_weighting": loss_weighting, "layer_decay": layer_decay,
+                           "rare_classes": report.to_dict("records")})
+    clf_out = bundle.save(out_dir / "classifier.joblib")
+    return backbone_out, clf_out

@@ -1,0 +1,140 @@
+"""Batch inference: Zarr embeddings + Parquet predictions, resumable after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
+        "max_tokens_per_image": 64}
+
+
+def make_store(root: Path, bundled_data, per_class: int = 6, classes=("Acantharea__1111", "Copepoda__6666",
+               "detritus__8888", "bubble__5555")) -> Path:
+    """A small store of real UVP6 vignettes (the folder gives the label)."""
+    from PIL import Image
+
+    from aqqua_geo.store import StoreWriter
+
+    src = bundled_data.path("uvp6_vignettes")
+    store = root / "store"
+    with StoreWriter(store, source="uvp6_test", source_format="folder", source_path=str(src)) as w:
+        for folder in classes:
+            for f in sorted((src / folder).glob("*.png"))[:per_class]:
+                rec = {"source": "uvp6_test", "instrument": "UVP6", "sample_id": "s1",
+                       "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
+                       "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
+                       "label": folder.split("__")[0], "label_status": "validated"}
+                w.add(f"{folder}/{f.stem}", np.array(Image.open(f).convert("L")), rec, {"file": f.name})
+    return store
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, bundled_data):
+    import torch
+
+    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+
+    root = tmp_path_factory.mktemp("infer")
+    torch.manual_seed(0)
+    model_path = save_backbone(build_backbone(TINY), root / "backbone.pt")
+    return model_path, make_store(root, bundled_data)
+
+
+def test_embed_store_writes_consolidated_zarr(tiny_setup, tmp_path):
+    import zarr
+
+    from aqqua_geo.foundation.embed import embed_images
+    from aqqua_geo.foundation.inference import embed_store, read_embeddings
+    from aqqua_geo.foundation.vit import load_backbone
+    from aqqua_geo.store import AqquaStore
+
+    model_path, store_dir = tiny_setup
+    path = embed_store(model_path, store_dir, tmp_path, chunk_size=5, progress=False)
+    group = zarr.open_consolidated(path)
+    emb = group["embedding"]
+    assert emb.shape == (24, 32) and emb.dtype == np.float32 and emb.chunks == (5, 32)
+    ids, vectors = read_embeddings(path)
+    store = AqquaStore(store_dir)
+    assert list(ids) == store.object_ids
+    expected = embed_images(load_backbone(model_path), store.get_many(range(3)), [73.0] * 3)
+    np.testing.assert_allclose(vectors[:3], expected, atol=1e-5)
+    # a second run into the same folder with another model is refused, nothing is changed
+    import torch
+
+    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+
+    other = save_backbone(build_backbone({**TINY, "depth": 1}), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="embeddings of another model"):
+        embed_store(other, store_dir, tmp_path, chunk_size=5, progress=False)
+    np.testing.assert_array_equal(read_embeddings(path)[1], vectors)
+    del torch
+
+
+def test_embed_store_resumes_after_kill(tiny_setup, tmp_path):
+    """Kill a run after two chunks: the rerun skips them (same bytes) and finishes."""
+    import zarr
+
+    from aqqua_geo.foundation.inference import embed_store, read_embeddings
+
+    model_path, store_dir = tiny_setup
+    out = tmp_path / "out"
+    # child: embed with a hook that makes every chunk slow so we can kill it mid-run
+    code = f"""
+import time, aqqua_geo.foundation.embed as e
+orig = e.embed_images
+def slow(*a, **k):
+    r = orig(*a, **k); time.sleep(0.4); return r
+e.embed_images = slow
+from aqqua_geo.foundation.inference import embed_store
+embed_store({str(model_path)!r}, {str(store_dir)!r}, {str(out)!r}, chunk_size=4, progress=False)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done_path = out / "embeddings.zarr"
+    deadline = time.time() + 60
+    n_done = 0
+    while time.time() < deadline and proc.poll() is None:
+        if done_path.exists():
+            try:
+                n_done = int(zarr.open_group(done_path, mode="r")["chunk_done"][:].sum())
+            except Exception:  # arrays still being created
+                n_done = 0
+            if n_done >= 2:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    group = zarr.open_group(done_path, mode="r")
+    done_before = group["chunk_done"][:]
+    assert 2 <= done_before.sum() < len(done_before), "the kill should land mid-run"
+    assert not group.attrs.get("complete")
+    with pytest.raises(ValueError, match="incomplete"):
+        read_embeddings(done_path)
+    first = np.asarray(group["embedding"][:8])
+
+    import aqqua_geo.foundation.embed as embed_mod
+
+    calls = []
+    orig = embed_mod.embed_images
+
+    def counting(model, images, *a, **k):
+        calls.append(len(images))
+        return orig(model, images, *a, **k)
+
+    embed_mod.embed_images = counting
+    try:
+        embed_store(model_path, store_dir, out, chunk_size=4, progress=False)
+    finally:
+        embed_mod.embed_images = orig
+    assert sum(calls) == 4 * int((~done_before).sum())  # only the missing chunks were embedded
+    ids, emb = read_embeddings(done_path)
+    assert np.isfinite(emb).all() and len(ids) == 24
+    np.testing.assert_array_equal(emb[:8], first)
