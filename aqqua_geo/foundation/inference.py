@@ -246,7 +246,7 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
             images = store.get_many(range(lo, hi))
             traits = measure_many(images, list(pixel_sizes[lo:hi]))
             df = predictions_frame(ids[lo:hi], np.asarray(group["embedding"][lo:hi]), traits, bundle, top_k)
-            carbon = estimate_carbon(df, label_col="pred_label")
+            carbon = estimate_carbon(pd.concat([df[["pred_label"]], traits], axis=1), label_col="pred_label")
             for col in CARBON_COLUMNS:
                 df[col] = carbon[col].to_numpy()
             _write_parquet_atomic(df, part)

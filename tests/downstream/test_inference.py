@@ -138,3 +138,46 @@ embed_store({str(model_path)!r}, {str(store_dir)!r}, {str(out)!r}, chunk_size=4,
     ids, emb = read_embeddings(done_path)
     assert np.isfinite(emb).all() and len(ids) == 24
     np.testing.assert_array_equal(emb[:8], first)
+
+
+def test_predict_store_columns_and_classifier(tiny_setup, tmp_path):
+    from aqqua_geo.foundation.classify import ClassifierBundle, train_classifier
+    from aqqua_geo.foundation.inference import predict_store
+    from aqqua_geo.store import AqquaStore
+
+    model_path, store_dir = tiny_setup
+    bundle = train_classifier(model_path, store_dir, tmp_path / "clf.joblib", kind="knn", k=5,
+                              min_count=2, val_fraction=0.25)
+    assert bundle.embedding["embed_dim"] == 32 and bundle.novelty.threshold_ is not None
+    path = predict_store(model_path, store_dir, tmp_path / "out", tmp_path / "clf.joblib", top_k=3,
+                         chunk_size=7, progress=False)
+    df = pd.read_parquet(path)
+    expected = ["object_id", "pred_label", "pred_prob", "top1_label", "top1_prob", "top2_label", "top2_prob",
+                "top3_label", "top3_prob", "novelty_score", "is_novel", "area_um2", "esd_um", "major_um",
+                "minor_um", "biovolume_um3", "carbon_ugC", "carbon_group", "carbon_relation"]
+    assert list(df.columns) == expected
+    assert list(df["object_id"]) == AqquaStore(store_dir).object_ids
+    assert (df["pred_label"] == df["top1_label"]).all()
+    assert (df["top1_prob"] >= df["top2_prob"]).all() and (df["top2_prob"] >= df["top3_prob"]).all()
+    assert set(df["pred_label"]) <= {"Acantharea", "Copepoda", "detritus", "bubble"}
+    assert (df["esd_um"] > 0).all()
+    living = df["carbon_group"] != "not_living"  # bubbles carry no carbon
+    assert (df.loc[living, "carbon_ugC"] > 0).all() and df.loc[~living, "carbon_ugC"].isna().all()
+    assert df["is_novel"].dtype == bool
+    assert not (tmp_path / "out" / "predictions.parts").exists()
+    # classifier trained on another backbone is refused before anything is written
+    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+
+    other = save_backbone(build_backbone({**TINY, "depth": 1}), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="trained on embeddings of backbone"):
+        predict_store(other, store_dir, tmp_path / "out2", tmp_path / "clf.joblib", progress=False)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_predict_without_classifier_has_null_labels(tiny_setup, tmp_path):
+    from aqqua_geo.foundation.inference import predict_store
+
+    model_path, store_dir = tiny_setup
+    df = pd.read_parquet(predict_store(model_path, store_dir, tmp_path, progress=False))
+    assert df["pred_label"].isna().all() and df["novelty_score"].isna().all()
+    assert df["esd_um"].notna().all() and df["carbon_relation"].notna().all()
