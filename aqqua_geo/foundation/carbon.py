@@ -22,7 +22,8 @@ not_living      ``none``                      NaN (bubbles, out-of-focus objects
 unknown         ``gallienne2001`` (fallback)  or NaN with ``unknown="nan"``
 =============== ============================ =====================================================
 
-V is the ellipsoidal biovolume (``biovolume_um3``) unless said otherwise, S the projected area
+MDL2000 coefficients are applied in their published log form (log10 a = −0.541, −0.933, −0.665);
+0.288, 0.117 and 0.216 above are rounded. V is the ellipsoidal biovolume (``biovolume_um3``) unless said otherwise, S the projected area
 (``area_um2``). Verification status: [V] coefficients read in published code (iRfcb
 ``vol2C_diatom``/``vol2C_lgdiatom``/``vol2C_nondiatom``; OPC_Toolbox quoting Basedow et al. 2014),
 [P] read in the paper's abstract, [M] literature values quoted from memory or from a script that
@@ -90,7 +91,7 @@ def _power(a: float, b: float, x: np.ndarray) -> np.ndarray:
 def mdl2000_diatom_pg(volume_um3: np.ndarray) -> np.ndarray:
     """Diatom carbon [pg C] from cell volume [µm³] (MDL2000; large-diatom relation above 3000 µm³)."""
     v = np.asarray(volume_um3, np.float64)
-    return np.where(v > 3000.0, _power(0.117, 0.881, v), _power(0.288, 0.811, v))
+    return np.where(v > 3000.0, _power(10**-0.933, 0.881, v), _power(10**-0.541, 0.811, v))
 
 
 def mdl2000_dinoflagellate_pg(volume_um3: np.ndarray) -> np.ndarray:
@@ -100,7 +101,7 @@ def mdl2000_dinoflagellate_pg(volume_um3: np.ndarray) -> np.ndarray:
 
 def mdl2000_protist_pg(volume_um3: np.ndarray) -> np.ndarray:
     """Carbon [pg C] of protists other than diatoms from cell volume [µm³] (MDL2000)."""
-    return _power(0.216, 0.939, np.asarray(volume_um3, np.float64))
+    return _power(10**-0.665, 0.939, np.asarray(volume_um3, np.float64))
 
 
 def lhl2009_dry_weight_ug(area_mm2: np.ndarray, group: str = "general") -> np.ndarray:
