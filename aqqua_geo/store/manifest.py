@@ -1,0 +1,106 @@
+"""The store's ``manifest.json`` and atomic file replacement.
+
+Every file of the store is written to a temporary name in the same directory, flushed to
+disk and moved into place with :func:`os.replace`, so a reader (or a crash) sees either the
+old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aqqua_geo.store.schema import FORMAT, FORMAT_VERSION
+
+MANIFEST = "manifest.json"
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601, seconds."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def package_version() -> str:
+    """Installed aqqua-geo version (or ``unknown`` in a bare checkout)."""
+    try:
+        from importlib.metadata import version
+
+        return version("aqqua-geo")
+    except Exception:  # noqa: BLE001 - not installed: still write a manifest
+        return "unknown"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write *data* to *path* atomically (temp file in the same dir + fsync + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_parquet(path: str | Path, table: pa.Table) -> None:
+    """Write *table* to *path* as Parquet atomically."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def new_manifest() -> dict[str, Any]:
+    """An empty manifest."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": now_iso(),
+        "updated_at": now_iso(),
+        "package_version": package_version(),
+        "counts": {"objects": 0, "rejected": 0, "duplicates": 0, "by_instrument": {}, "by_source": {}},
+        "sources": [],
+        "shards": [],
+        "codec": {},
+    }
+
+
+def read_manifest(store_dir: str | Path) -> dict[str, Any]:
+    """Read ``STORE/manifest.json``; raise FileNotFoundError/ValueError with the path."""
+    path = Path(store_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{store_dir}: not an AqQua store (no {MANIFEST})")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    major = str(manifest.get("format_version", "0")).split(".")[0]
+    if major != FORMAT_VERSION.split(".")[0]:
+        raise ValueError(f"{path}: format_version {manifest.get('format_version')} not readable by {FORMAT_VERSION}")
+    return manifest
+
+
+def write_manifest(store_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Write ``STORE/manifest.json`` atomically."""
+    atomic_write_bytes(Path(store_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False).encode())
