@@ -1,0 +1,258 @@
+"""EcoPart UVP5 "raw" particle exports -> size spectra per depth bin -> POC flux profiles.
+
+An EcoPart raw export holds, per cast, a ``*_PAR_raw_*.tsv`` table with one row per
+(1-m depth partition, particle area in pixels): ``depth imgcount area nbr greylimit1-3``
+(``nbr`` particles of ``area`` px seen in the ``imgcount`` images of that metre), plus an
+``*_Export_metadata_summary.tsv`` with one row per cast (position, date, calibration).
+
+Processing follows EcoPart's own (``part_app/funcs/uvp_sample_import.py``):
+
+* pixel area -> area in mm2 with the instrument calibration ``area_mm2 = acq_aa * area_px **
+  acq_exp``, ESD = 2 sqrt(area_mm2 / pi);
+* imaged volume of a depth bin = sum over its 1-m partitions of ``imgcount * acq_volimage``
+  (counted once per partition, not per particle row);
+* counts binned into EcoPart's 45 detailed ESD classes (:data:`ECOPART_CLASS_EDGES_MM`), by
+  default in 5-m depth bins from the surface;
+* the depth in the raw export already includes the instrument depth offset
+  (``default_depthoffset``/``acq_depthoffset``, added by EcoPart before the 1-m partition),
+  so none is added again unless ``depth_offset_m`` is given.
+
+The number spectrum n(d) = count / volume / class width (# L-1 mm-1) feeds
+:func:`aqqua_geo.mapping.flux.guidi_flux`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from aqqua_geo.mapping.flux import GUIDI2008, FluxRelation, flux_at_depth, guidi_flux
+
+__all__ = [
+    "ECOPART_CLASS_EDGES_MM",
+    "EcoPartCast",
+    "read_metadata",
+    "read_par",
+    "read_ecopart",
+    "esd_mm",
+    "psd",
+    "flux_profile",
+    "flux_summary",
+]
+
+#: EcoPart's detailed particle size classes (ESD, mm): 45 classes, bounds in a 2^(1/3)
+#: progression from 1 um; the last class is open-ended (upper bound 1e8 in EcoPart).
+ECOPART_CLASS_EDGES_MM = np.array([
+    0.001, 0.00126, 0.00159, 0.002, 0.00252, 0.00317, 0.004, 0.00504, 0.00635, 0.008,
+    0.0101, 0.0127, 0.016, 0.0202, 0.0254, 0.032, 0.0403, 0.0508, 0.064, 0.0806,
+    0.102, 0.128, 0.161, 0.203, 0.256, 0.323, 0.406, 0.512, 0.645, 0.813,
+    1.02, 1.29, 1.63, 2.05, 2.58, 3.25, 4.1, 5.16, 6.5, 8.19,
+    10.3, 13.0, 16.4, 20.6, 26.0, 1e8,
+])
+
+_PAR_COLUMNS = ("depth", "imgcount", "area", "nbr")
+_META_REQUIRED = ("profileid", "latitude", "longitude", "sampledate", "acq_aa", "acq_exp", "acq_volimage")
+
+
+@dataclass
+class EcoPartCast:
+    """One UVP cast: calibration, position and its raw particle table."""
+
+    profile_id: str
+    lat: float
+    lon: float
+    datetime: pd.Timestamp
+    acq_aa: float
+    acq_exp: float
+    acq_volimage_l: float
+    depth_offset_m: float
+    par: pd.DataFrame = field(repr=False)
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def read_metadata(path: str | Path) -> pd.DataFrame:
+    """Read ``*_Export_metadata_summary.tsv`` (a file, or the folder that holds one)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*metadata_summary*.tsv"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"expected one *metadata_summary*.tsv in {path}, found {len(found)}")
+        path = found[0]
+    meta = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    missing = [c for c in _META_REQUIRED if c not in meta.columns]
+    if missing:
+        raise ValueError(f"{path.name}: missing metadata column(s) {missing}")
+    for col in ("latitude", "longitude", "acq_aa", "acq_exp", "acq_volimage", "acq_depthoffset",
+                "default_depthoffset"):
+        if col in meta.columns:
+            meta[col] = pd.to_numeric(meta[col].replace("", np.nan), errors="coerce")
+    meta["sampledate"] = pd.to_datetime(meta["sampledate"], utc=True, errors="coerce")
+    return meta
+
+
+def read_par(path: str | Path) -> pd.DataFrame:
+    """Read one ``*_PAR_raw_*.tsv`` and validate it (integer counts, positive image counts)."""
+    path = Path(path)
+    par = pd.read_csv(path, sep="\t")
+    missing = [c for c in _PAR_COLUMNS if c not in par.columns]
+    if missing:
+        raise ValueError(f"{path.name}: not an EcoPart PAR raw table, missing column(s) {missing}")
+    bad = par[list(_PAR_COLUMNS)].isna().any(axis=1) | (par["imgcount"] <= 0) | (par["area"] <= 0) | (par["nbr"] < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{path.name}: invalid row {row + 2} (NaN, imgcount<=0, area<=0 or nbr<0): "
+                         f"{par.iloc[row][list(_PAR_COLUMNS)].to_dict()}")
+    per_depth = par.groupby("depth")["imgcount"].nunique()
+    if (per_depth > 1).any():
+        d = per_depth[per_depth > 1].index[0]
+        raise ValueError(f"{path.name}: depth {d} m has several imgcount values; cannot count its volume")
+    return par
+
+
+def _profile_from_name(name: str) -> str | None:
+    m = re.match(r"^\d{14}_(.+?)_PAR_raw", name)
+    return m.group(1) if m else None
+
+
+def read_ecopart(path: str | Path, depth_offset_m: float = 0.0) -> list[EcoPartCast]:
+    """Read every cast of an EcoPart raw export folder that has a PAR file.
+
+    ``depth_offset_m`` is added to the PAR depths; EcoPart has already applied the
+    instrument offset to raw exports, so leave it at 0 for them.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"EcoPart export folder not found: {folder}")
+    meta = read_metadata(folder)
+    by_file = {}
+    if "Particle filename" in meta.columns:
+        by_file = {r["Particle filename"]: r for _, r in meta.iterrows()}
+    by_profile = {r["profileid"]: r for _, r in meta.iterrows()}
+    casts = []
+    for par_path in sorted(folder.glob("*_PAR_raw_*.tsv")):
+        row = by_file.get(par_path.name)
+        if row is None:
+            row = by_profile.get(_profile_from_name(par_path.name) or "")
+        if row is None:
+            raise ValueError(f"{par_path.name}: no matching cast in the metadata summary")
+        par = read_par(par_path)
+        if depth_offset_m:
+            par = par.assign(depth=par["depth"] + depth_offset_m)
+        offset = row.get("acq_depthoffset")
+        if offset is None or pd.isna(offset):
+            offset = row.get("default_depthoffset", np.nan)
+        for col in ("acq_aa", "acq_exp", "acq_volimage"):
+            if not np.isfinite(row[col]) or row[col] <= 0:
+                raise ValueError(f"{par_path.name}: calibration {col}={row[col]!r} is missing or not positive")
+        casts.append(EcoPartCast(
+            profile_id=str(row["profileid"]), lat=float(row["latitude"]), lon=float(row["longitude"]),
+            datetime=row["sampledate"], acq_aa=float(row["acq_aa"]), acq_exp=float(row["acq_exp"]),
+            acq_volimage_l=float(row["acq_volimage"]), depth_offset_m=float(offset),
+            par=par, meta=row.to_dict(),
+        ))
+    if not casts:
+        raise FileNotFoundError(f"no *_PAR_raw_*.tsv file in {folder}")
+    return casts
+
+
+def esd_mm(area_px: Any, acq_aa: float, acq_exp: float) -> np.ndarray:
+    """ESD (mm) of particles of ``area_px`` pixels: 2 sqrt(acq_aa * area_px**acq_exp / pi)."""
+    return 2.0 * np.sqrt(acq_aa * np.asarray(area_px, dtype=float) ** acq_exp / np.pi)
+
+
+def psd(
+    cast: EcoPartCast,
+    depth_bin_m: float = 5.0,
+    class_edges_mm: Any = ECOPART_CLASS_EDGES_MM,
+) -> xr.Dataset:
+    """Particle size distribution of a cast per depth bin.
+
+    Returns a Dataset on (``depth`` = bin centre, ``size_class``) with ``count``,
+    ``volume_l`` (imaged volume of the bin), ``concentration`` (# L-1), ``n_spectrum``
+    (# L-1 mm-1; NaN for the open-ended last class) and ``biovolume`` (mm3 L-1, spheres).
+    Bins with no image are dropped.
+    """
+    par = cast.par
+    edges = np.asarray(class_edges_mm, dtype=float)
+    d = esd_mm(par["area"].to_numpy(), cast.acq_aa, cast.acq_exp)
+    size_idx = np.digitize(d, edges) - 1  # left-closed classes, as np.histogram
+    depth_idx = np.floor(par["depth"].to_numpy(dtype=float) / depth_bin_m).astype(int)
+    keep = (size_idx >= 0) & (size_idx < edges.size - 1)
+    n_bins = int(depth_idx.max()) + 1
+    n_cls = edges.size - 1
+    counts = np.zeros((n_bins, n_cls))
+    np.add.at(counts, (depth_idx[keep], size_idx[keep]), par["nbr"].to_numpy(dtype=float)[keep])
+    biovol = np.zeros((n_bins, n_cls))
+    np.add.at(biovol, (depth_idx[keep], size_idx[keep]),
+              (par["nbr"].to_numpy(dtype=float) * np.pi / 6.0 * d**3)[keep])
+    # one imgcount per 1-m partition: the volume is counted once per partition
+    per_metre = par.groupby("depth", sort=True)["imgcount"].first()
+    vol = np.zeros(n_bins)
+    np.add.at(vol, np.floor(per_metre.index.to_numpy(dtype=float) / depth_bin_m).astype(int),
+              per_metre.to_numpy(dtype=float) * cast.acq_volimage_l)
+    sampled = vol > 0
+    counts, biovol, vol = counts[sampled], biovol[sampled], vol[sampled]
+    bins = np.flatnonzero(sampled)
+    width = np.diff(edges)
+    width = np.where(np.isfinite(width) & (edges[1:] < 1e7), width, np.nan)
+    conc = counts / vol[:, None]
+    ds = xr.Dataset(
+        {
+            "count": (("depth", "size_class"), counts, {"long_name": "particles counted", "units": "1"}),
+            "volume_l": ("depth", vol, {"long_name": "imaged water volume", "units": "L"}),
+            "concentration": (("depth", "size_class"), conc, {"long_name": "particle concentration", "units": "L-1"}),
+            "n_spectrum": (("depth", "size_class"), conc / width[None, :],
+                           {"long_name": "particle number spectrum", "units": "L-1 mm-1"}),
+            "biovolume": (("depth", "size_class"), biovol / vol[:, None],
+                          {"long_name": "particle biovolume concentration (spheres)", "units": "mm3 L-1"}),
+        },
+        coords={
+            "depth": ("depth", (bins + 0.5) * depth_bin_m, {"standard_name": "depth", "units": "m", "positive": "down"}),
+            "depth_min": ("depth", bins * depth_bin_m, {"units": "m"}),
+            "depth_max": ("depth", (bins + 1) * depth_bin_m, {"units": "m"}),
+            "size_class": ("size_class", np.arange(n_cls)),
+            "esd_min_mm": ("size_class", edges[:-1], {"units": "mm"}),
+            "esd_max_mm": ("size_class", edges[1:], {"units": "mm"}),
+        },
+        attrs={"profile_id": cast.profile_id, "lat": cast.lat, "lon": cast.lon,
+               "datetime": str(cast.datetime), "acq_aa": cast.acq_aa, "acq_exp": cast.acq_exp,
+               "acq_volimage_l": cast.acq_volimage_l, "depth_offset_m": cast.depth_offset_m},
+    )
+    return ds
+
+
+def flux_profile(ds: xr.Dataset, relation: FluxRelation = GUIDI2008) -> xr.DataArray:
+    """POC flux (mg C m-2 d-1) of every depth bin of a :func:`psd` Dataset."""
+    edges = np.append(ds["esd_min_mm"].values, ds["esd_max_mm"].values[-1])
+    n = ds["n_spectrum"].fillna(0.0)  # the open-ended class has no width and is outside A d^b's range
+    return guidi_flux(n, edges, relation=relation).rename("flux_mgC_m2_d")
+
+
+def flux_summary(
+    casts: list[EcoPartCast],
+    horizons_m: tuple[float, ...] = (150.0, 200.0),
+    depth_bin_m: float = 5.0,
+    relation: FluxRelation = GUIDI2008,
+) -> pd.DataFrame:
+    """Per cast and horizon: flux interpolated between bin centres and the flux of the bin
+    starting at the horizon, with the imaged volume behind it."""
+    rows = []
+    for cast in casts:
+        ds = psd(cast, depth_bin_m=depth_bin_m)
+        f = flux_profile(ds, relation)
+        for h in horizons_m:
+            in_bin = (ds["depth_min"] <= h) & (ds["depth_max"] > h)
+            rows.append({
+                "profile_id": cast.profile_id, "lat": cast.lat, "lon": cast.lon, "datetime": cast.datetime,
+                "horizon_m": h,
+                "flux_mgC_m2_d": flux_at_depth(ds["depth"].values, f.values, h),
+                "bin_flux_mgC_m2_d": float(f.where(in_bin, drop=True).values[0]) if bool(in_bin.any()) else np.nan,
+                "bin_volume_l": float(ds["volume_l"].where(in_bin, drop=True).values[0]) if bool(in_bin.any()) else np.nan,
+            })
+    return pd.DataFrame(rows)
