@@ -186,6 +186,16 @@ def measure(
     ``n_objects`` (0) and the background statistics. A NaN or missing pixel size leaves pixel-based
     traits (``area_px``, grey levels, ratios) valid and makes physical sizes NaN.
     """
+    return segment_and_measure(image, pixel_size_um, mask=mask, method=method)[0]
+
+
+def segment_and_measure(
+    image: np.ndarray,
+    pixel_size_um: float,
+    mask: np.ndarray | None = None,
+    method: str | float = "otsu",
+) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`measure` that also returns the measured object's boolean mask (for more features)."""
     from skimage.measure import regionprops
 
     grey = to_grey(image)
@@ -202,7 +212,7 @@ def measure(
     out.update(background_grey=bg, dark_field=float(dark_field))
     out["n_objects"] = float(_count_objects(raw))
     if not obj.any():
-        return out
+        return out, obj
 
     px = float(pixel_size_um) if pixel_size_um is not None else math.nan
     if not px > 0:  # also catches NaN
@@ -260,7 +270,7 @@ def measure(
         intden_grey=float(vals.sum()),
         contrast_grey=abs(mean - bg),
     )
-    return out
+    return out, obj
 
 
 def measure_many(
