@@ -1,0 +1,60 @@
+"""Dask scheduler selection for the mapping commands.
+
+``scheduler=None`` starts a ``LocalCluster`` (call it from under ``if __name__ == "__main__":``
+in scripts: worker processes re-import the main module); ``"threads"``/``"synchronous"`` use a
+local scheduler without a cluster; anything else is the address of a running scheduler
+(``tcp://host:8786``), e.g. one started by ``mapping/slurm_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+LOCAL_SCHEDULERS = ("threads", "synchronous", "processes")
+
+
+@contextlib.contextmanager
+def dask_session(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    processes: bool = True,
+    memory_limit: str | float = "auto",
+    progress: bool = True,
+) -> Iterator[object | None]:
+    """Context yielding a ``distributed.Client`` (or ``None`` for a local scheduler).
+
+    Shows a progress bar for local schedulers (``dask.diagnostics.ProgressBar``); with a
+    cluster, the dashboard link is printed and :func:`distributed.progress` can be used.
+    """
+    import dask
+
+    if scheduler in LOCAL_SCHEDULERS:
+        from dask.diagnostics import ProgressBar
+
+        with dask.config.set(scheduler=scheduler):
+            bar = ProgressBar(minimum=2.0) if progress else contextlib.nullcontext()
+            with bar:
+                yield None
+        return
+
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                               processes=processes, memory_limit=memory_limit,
+                               dashboard_address=":0" if processes else None)
+        client = Client(cluster)
+    try:
+        if progress:
+            print(f"dask dashboard: {client.dashboard_link}")
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
