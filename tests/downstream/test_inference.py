@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
-        "max_tokens_per_image": 64}
+        "max_tokens_per_image": 64, "layerscale": None}  # no LayerScale: random features vary
 
 
 def make_store(root: Path, bundled_data, per_class: int = 6, classes=("Acantharea__1111", "Copepoda__6666",
