@@ -259,6 +259,38 @@ def pack_images(
     )
 
 
+def concat_packed(batches: list[PackedBatch]) -> PackedBatch:
+    """One PackedBatch holding the images of ``batches`` in order (e.g. global + local crops).
+
+    Lets a model see all crops in one forward call (one DDP forward per step), and small
+    crops fill the gaps left in the rows of large ones. Masks are kept (False where absent).
+    """
+    if not batches:
+        raise ValueError("concat_packed: no batches given")
+    first = batches[0]
+    for b in batches[1:]:
+        if (b.patch_size, b.in_chans) != (first.patch_size, first.in_chans):
+            raise ValueError("concat_packed: batches differ in patch_size or in_chans")
+    offsets = torch.cumsum(torch.tensor([0] + [b.n_images for b in batches[:-1]]), 0).tolist()
+    any_mask = any(b.mask is not None for b in batches)
+    return PackedBatch(
+        patches=torch.cat([b.patches for b in batches]),
+        image_index=torch.cat([b.image_index + off for b, off in zip(batches, offsets)]),
+        grid_yx=torch.cat([b.grid_yx for b in batches]),
+        grid_hw=torch.cat([b.grid_hw for b in batches]),
+        centre_px=torch.cat([b.centre_px for b in batches]),
+        pixel_size_yx_um=torch.cat([b.pixel_size_yx_um for b in batches]),
+        patch_size=first.patch_size,
+        in_chans=first.in_chans,
+        max_tokens_per_row=max(b.max_tokens_per_row for b in batches),
+        mask=torch.cat([
+            b.mask if b.mask is not None else torch.zeros(b.n_tokens, dtype=torch.bool, device=b.device)
+            for b in batches
+        ]) if any_mask else None,
+        n_prefix_tokens=first.n_prefix_tokens,
+    )
+
+
 def _raster(gh: int, gw: int) -> Tensor:
     ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     return torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=1)

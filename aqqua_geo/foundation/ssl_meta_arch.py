@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from aqqua_geo.foundation.heads import DINOHead
 from aqqua_geo.foundation.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCentering, sinkhorn_knopp
-from aqqua_geo.foundation.packing import PackedBatch
+from aqqua_geo.foundation.packing import PackedBatch, concat_packed
 from aqqua_geo.foundation.vit import build_backbone
 
 STUDENT_TEMP = 0.1
@@ -45,6 +45,11 @@ CENTERINGS = ("sinkhorn_knopp", "centering")
 # Parameters that get no weight decay besides biases and norms (DINOv2 param_groups.py).
 _NO_WD = ("gamma", "pos_embed", "cls_token", "mask_token", "register_tokens")
 _LAYER0 = ("patch_embed", "pos_embed", "cls_token", "mask_token", "register_tokens")
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (parameter names without ``module.``)."""
+    return getattr(module, "module", module)
 
 
 def _make_head(head_cfg: dict[str, Any], in_dim: int) -> DINOHead:
@@ -143,8 +148,18 @@ class SSLMetaArch(nn.Module):
                 t_patch = self._ibot_head(self.teacher)(t_out["patch"][masks])
                 t_ibot = self._targets(t_patch, teacher_temp, "ibot_center")
 
-        s_glob = self.student["backbone"](glob, masks=masks if do_ibot else None)
-        zero = s_glob["cls"].new_zeros((), dtype=torch.float32)
+        # Global and local crops go through the student in one call: one DDP forward per
+        # step, and local crops fill the padding of the global rows.
+        n_glob_img, n_glob_tok = glob.n_images, glob.n_tokens
+        if n_l:
+            s_all = self.student["backbone"](
+                concat_packed([glob, local]),
+                masks=torch.cat([masks, masks.new_zeros(local.n_tokens)]) if do_ibot else None,
+            )
+        else:
+            s_all = self.student["backbone"](glob, masks=masks if do_ibot else None)
+        s_glob = {"cls": s_all["cls"][:n_glob_img], "patch": s_all["patch"][:n_glob_tok]}
+        zero = s_all["cls"].new_zeros((), dtype=torch.float32)
         terms = {"dino_local_crops_loss": zero, "dino_global_crops_loss": zero, "koleo_loss": zero, "ibot_loss": zero}
         w_dino = self.dino_cfg["loss_weight"]
         if self.do_dino:
@@ -153,8 +168,7 @@ class SSLMetaArch(nn.Module):
             if cross:
                 terms["dino_global_crops_loss"] = w_dino * self.dino_loss(s_cls, t_dino, pairs=cross) / n_terms
             if n_l:
-                s_loc = self.student["backbone"](local)
-                s_loc_cls = self.student["dino_head"](s_loc["cls"]).chunk(n_l)
+                s_loc_cls = self.student["dino_head"](s_all["cls"][n_glob_img:]).chunk(n_l)
                 terms["dino_local_crops_loss"] = w_dino * self.dino_loss(s_loc_cls, t_dino) / n_terms
         if self.do_koleo:
             terms["koleo_loss"] = self.dino_cfg["koleo_loss_weight"] * sum(
@@ -190,10 +204,10 @@ class SSLMetaArch(nn.Module):
         heads' prototype layers, whose LR the trainer zeroes during the freeze period.
         Groups with equal multipliers are fused; each keeps its ``param_names``.
         """
-        depth = len(self.student["backbone"].blocks)
+        depth = len(_unwrap(self.student["backbone"]).blocks)
         fused: dict[tuple[float, float, bool], dict[str, Any]] = defaultdict(lambda: {"params": [], "param_names": []})
         for module_name, module in self.student.items():
-            for name, param in module.named_parameters():
+            for name, param in _unwrap(module).named_parameters():
                 if not param.requires_grad:
                     continue
                 layer_id = depth + 1
@@ -217,5 +231,5 @@ class SSLMetaArch(nn.Module):
 
     def last_layer_parameter_names(self) -> list[str]:
         """Names of the trainable parameters frozen during ``freeze_last_layer`` (DINOv2)."""
-        return [f"{m}.{n}" for m, mod in self.student.items() for n, p in mod.named_parameters()
+        return [f"{m}.{n}" for m, mod in self.student.items() for n, p in _unwrap(mod).named_parameters()
                 if p.requires_grad and "last_layer" in n]

@@ -172,3 +172,17 @@ def test_embed_images_normalises_with_stored_stats():
     assert torch.allclose(image_to_tensor(rgb, 1, [0.0], [1.0]), torch.full((1, 2, 2), 0.587))
     with pytest.raises(ValueError, match="2 images but 1 pixel sizes"):
         embed_images(_model(), [rgb[..., 0]] * 2, [1.0])
+
+
+def test_concatenated_batches_give_the_same_outputs():
+    from aqqua_geo.foundation.packing import concat_packed
+
+    model = _model(num_register_tokens=1)
+    imgs = _images()
+    a = pack_images(imgs[:3], PIX[:3], 4, 40, max_tokens_per_image=24)
+    b = pack_images(imgs[3:], PIX[3:], 4, 40, max_tokens_per_image=24)
+    with torch.no_grad():
+        both = model(concat_packed([a, b]))
+        sep = [model(a), model(b)]
+    torch.testing.assert_close(both["cls"], torch.cat([s["cls"] for s in sep]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(both["patch"], torch.cat([s["patch"] for s in sep]), atol=1e-5, rtol=0)
