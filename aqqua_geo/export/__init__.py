@@ -1,0 +1,1 @@
+"""Exports of store objects and predictions to formats of other tools (EcoTaxa)."""
