@@ -154,6 +154,26 @@ def build_reference_map(shared_dir: str | Path) -> pd.DataFrame:
     return pred[["lon", "lat", "pred_mean", "pred_sd"]].astype("f4")
 
 
+def cell_table(obs: pd.DataFrame, target: str = "biomass_sph") -> pd.DataFrame:
+    """One row per 1° cell: predictors, ``<taxon>`` biomass columns, ``total_biomass`` and the
+    Shannon index of the biomass composition (``shannon_biomass``, natural log).
+
+    ``Copepoda_refit`` duplicates Copepoda in their table and is left out of the community.
+    """
+    from aqqua_geo.mapping.diversity import shannon
+
+    keep = obs[obs["taxon"] != "Copepoda_refit"]
+    wide = keep.pivot_table(index=["lon", "lat"], columns="taxon", values=target,
+                            observed=True, aggfunc="first")
+    wide.columns = [str(c) for c in wide.columns]
+    env = keep.drop_duplicates(["lon", "lat"]).set_index(["lon", "lat"])[FEATURES]
+    out = env.join(wide)
+    biomass = wide.to_numpy(dtype="f8")
+    out["total_biomass"] = biomass.sum(axis=1)
+    out["shannon_biomass"] = shannon(biomass)
+    return out.reset_index()
+
+
 def table_to_grid(df: pd.DataFrame, column: str, template: xr.Dataset) -> xr.DataArray:
     """Place a per-cell table column (``lon``, ``lat`` 1° centres) on *template*'s grid (NaN
     elsewhere)."""

@@ -549,7 +549,7 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
         from sklearn.inspection import permutation_importance
 
         self._check_fitted()
-        r = permutation_importance(self, X[self.features_], np.asarray(y, "f8"), n_repeats=n_repeats,
+        r = permutation_importance(self, X[self.features_].astype("f8"), np.asarray(y, "f8"), n_repeats=n_repeats,
                                    random_state=self.random_state, n_jobs=1)
         return pd.DataFrame({"mean": r.importances_mean, "std": r.importances_std},
                             index=self.features_).sort_values("mean", ascending=False)
@@ -560,7 +560,8 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
         from sklearn.inspection import partial_dependence
 
         self._check_fitted()
-        r = partial_dependence(self, X[self.features_], [feature], grid_resolution=grid_resolution,
+        # float64 columns: sklearn assigns float64 grid values into X (pandas 3 refuses float32)
+        r = partial_dependence(self, X[self.features_].astype("f8"), [feature], grid_resolution=grid_resolution,
                                kind="average", method="brute")
         return pd.DataFrame({feature: r["grid_values"][0], "partial_dependence": r["average"][0]})
 
