@@ -82,7 +82,8 @@ def _number(value: Any) -> str:
         return ""
     if not math.isfinite(x):
         return ""
-    return repr(int(x)) if x.is_integer() and abs(x) < 1e15 else format(x, ".10g")
+    # shortest text that reads back to the same float: lossless round trips
+    return repr(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
 def _safe_file_stem(object_id: str) -> str:
