@@ -535,7 +535,7 @@
       drag = { px, py, moved: false, add: e.shiftKey, view: { ...S.view } };
       if (S.mode !== "pan") dragShape = { kind: S.mode, pts: [[px, py]] };
     });
-    overlay.addEventListener("mousemove", (e) => {
+    window.addEventListener("mousemove", (e) => { // on window: a drag may leave the plot
       const [px, py] = eventPx(e);
       if (drag) {
         if (Math.hypot(px - drag.px, py - drag.py) > 3 * dpr) drag.moved = true;
@@ -547,6 +547,7 @@
         } else { dragShape.pts.push([px, py]); drawOverlay(); }
         return;
       }
+      if (e.target !== overlay) return;
       const i = pick(px, py, pickRadius());
       if (i !== S.hover) { S.hover = i; drawOverlay(); }
       showTooltip(i, e);
@@ -614,6 +615,8 @@
     /** Client (CSS px) coordinates of layout position (x, y). */
     layoutToClient(x, y) { const r = overlay.getBoundingClientRect(); return { x: r.left + toPx(x) / dpr, y: r.top + toPy(y) / dpr }; },
     layout(id) { const i = S.ids.indexOf(id); return i < 0 ? null : [S.x[i], S.y[i]]; },
+    /** Show the details of object *id* (as a click on it does). */
+    show(id) { const i = S.ids.indexOf(id); if (i < 0) throw new Error("unknown object_id " + id); return showDetails(i); },
     selectIds(ids) { S.selected.fill(0); const want = new Set(ids); for (let i = 0; i < S.n; i++) if (S.visible[i] && want.has(S.ids[i])) S.selected[i] = 1; recount(); },
     /** Time *reps* full renders; ms per render. */
     benchRender(reps = 10) { const t0 = performance.now(); for (let k = 0; k < reps; k++) render(); return (performance.now() - t0) / reps; },
