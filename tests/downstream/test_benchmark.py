@@ -1,0 +1,91 @@
+"""Benchmark + leaderboard on real UVP6 vignettes (tiny random backbone; mechanics, metrics by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
+        "max_tokens_per_image": 64, "layerscale": None}  # no LayerScale: random features vary
+CLASSES = ("Acantharea__1111", "Copepoda__6666", "detritus__8888", "bubble__5555", "darksphere__7777")
+
+
+def make_store(root: Path, bundled_data, per_class: int = 12) -> Path:
+    """Real UVP6 vignettes; darksphere files are pixel copies of Copepoda ones (dropped as duplicates)."""
+    from PIL import Image
+
+    from aqqua_geo.store import StoreWriter
+
+    src = bundled_data.path("uvp6_vignettes")
+    store = root / "store"
+    with StoreWriter(store, source="uvp6_test", source_format="folder", source_path=str(src)) as w:
+        for folder in CLASSES:
+            files = sorted((src / folder).glob("*.png"))[:per_class]
+            if folder.startswith("Copepoda"):  # the copepods that darksphere__7777 duplicates
+                files = [src / folder / f.name for f in sorted((src / "darksphere__7777").glob("*.png"))[:per_class]]
+            for f in files:
+                rec = {"source": "uvp6_test", "instrument": "UVP6", "sample_id": "s1",
+                       "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
+                       "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
+                       "label": folder.split("__")[0], "label_status": "validated"}
+                w.add(f"{folder}/{f.stem}", np.array(Image.open(f).convert("L")), rec, {"file": f.name})
+    return store
+
+
+def test_classification_metrics_by_hand():
+    from aqqua_geo.foundation.benchmark import classification_metrics
+
+    m = classification_metrics(["a", "a", "a", "b"], ["a", "a", "b", "b"])
+    assert m["top1"] == pytest.approx(0.75)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    # F1(a) = 2·1·(2/3)/(1+2/3) = 0.8 ; F1(b) = 2·0.5·1/1.5 = 2/3
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
+    import torch
+
+    from aqqua_geo.foundation.benchmark import BASELINE_NAME, LEADERBOARD_COLUMNS, run_benchmark
+    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+
+    torch.manual_seed(0)
+    model = save_backbone(build_backbone(TINY), tmp_path / "random_vit.pt")
+    store = make_store(tmp_path, bundled_data)
+    out = tmp_path / "bench"
+    rows = run_benchmark([model], store, out, k=5, min_count=5, baseline_trees=30, progress=False)
+    assert list(rows.columns) == LEADERBOARD_COLUMNS
+    assert list(rows["model"]) == ["random_vit", "random_vit", BASELINE_NAME]
+    # darksphere copies were dropped by the store: 4 classes × 12, split 70/30 stratified
+    assert set(rows["n_classes"]) == {4} and set(rows["n_test"]) == {15} and set(rows["n_train"]) == {33}
+    assert rows[["top1", "balanced_accuracy", "macro_f1", "ood_auroc"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert rows.loc[2, "top1"] > 0.5  # the morphometric forest separates these 4 classes well
+    for sub in ("random_vit_kNN", "random_vit_linear", "baseline_rf"):
+        assert (out / sub / "confusion.png").stat().st_size > 1000
+        report = pd.read_csv(out / sub / "classification_report.csv", index_col=0)
+        assert {"Acantharea", "Copepoda", "bubble", "detritus"} <= set(report.index)
+    ood = pd.read_csv(out / "ood_random_vit.csv")
+    assert sorted(ood["held_out"]) == ["Acantharea", "Copepoda", "bubble", "detritus"]
+    assert "darksphere" not in set(pd.read_csv(out / "classes.csv")["label"])
+
+    # same seed → same split and numbers; the leaderboard grows by one run
+    again = run_benchmark([model], store, out, k=5, min_count=5, baseline_trees=30, progress=False)
+    pd.testing.assert_frame_equal(again.drop(columns="date_utc"), rows.drop(columns="date_utc"))
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(board) == 6
+    md = (out / "leaderboard.md").read_text()
+    assert BASELINE_NAME in md and "random_vit" in md and md.count("\n| ") == 7  # header + 6 rows
+
+
+def test_benchmark_bad_inputs(tmp_path, bundled_data):
+    from aqqua_geo.foundation.benchmark import run_benchmark
+
+    store = make_store(tmp_path, bundled_data, per_class=2)
+    with pytest.raises(ValueError, match="fewer than 2 classes"):
+        run_benchmark([tmp_path / "nope.pt"], store, tmp_path / "o", min_count=50, progress=False)
+    (tmp_path / "labels.csv").write_text("object_id,taxon\nx,y\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['label'\]"):
+        run_benchmark([tmp_path / "nope.pt"], store, tmp_path / "o", labels=tmp_path / "labels.csv", progress=False)
+    assert not (tmp_path / "o" / "leaderboard.csv").exists()
