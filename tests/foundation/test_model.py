@@ -186,3 +186,33 @@ def test_concatenated_batches_give_the_same_outputs():
         sep = [model(a), model(b)]
     torch.testing.assert_close(both["cls"], torch.cat([s["cls"] for s in sep]), atol=1e-5, rtol=0)
     torch.testing.assert_close(both["patch"], torch.cat([s["patch"] for s in sep]), atol=1e-5, rtol=0)
+
+
+def test_matches_timm_vision_transformer_on_one_image():
+    """Independent reference: timm's VisionTransformer with the same weights on a 12x16 image."""
+    from aqqua_geo._compat import import_timm
+
+    timm = import_timm()
+    model = _model(pos_embed="learned", num_register_tokens=2, max_tokens_per_image=12)  # learned grid 3x3
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.pos_embed.pos_embed.normal_()
+    ref = timm.models.vision_transformer.VisionTransformer(
+        img_size=(12, 12), patch_size=4, in_chans=1, num_classes=0, embed_dim=32, depth=2, num_heads=2,
+        qkv_bias=True, init_values=1e-5, class_token=True, no_embed_class=True, reg_tokens=2,
+    ).eval()
+    state = model.state_dict()
+    mapped = {k: v for k, v in state.items() if k.startswith(("blocks.", "norm."))}
+    mapped["patch_embed.proj.weight"] = state["patch_embed.proj.weight"].reshape(32, 1, 4, 4)
+    mapped["patch_embed.proj.bias"] = state["patch_embed.proj.bias"]
+    mapped["cls_token"] = state["cls_token"].reshape(1, 1, 32)
+    mapped["reg_token"] = state["register_tokens"].reshape(1, 2, 32)
+    mapped["pos_embed"] = state["pos_embed.pos_embed"]
+    missing, unexpected = ref.load_state_dict(mapped, strict=False)
+    assert not unexpected and not [k for k in missing if not k.startswith("head")]
+    img = torch.randn(1, 12, 12)
+    with torch.no_grad():
+        ours = model(pack_images([img], [1.0], 4, 64, max_tokens_per_image=12))
+        theirs = ref.forward_features(img[None])[0]
+    torch.testing.assert_close(ours["cls"][0], theirs[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours["patch"], theirs[3:], atol=1e-5, rtol=0)

@@ -146,3 +146,24 @@ def test_packing_beats_padding_on_bundled_uvp6_vignettes(bundled_data):
     assert pb.efficiency > 0.9
     assert pb.padded_efficiency < 0.6
     assert pb.layout(1).row_length <= 1024
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=12),
+       row=st.integers(26, 80), n_prefix=st.integers(1, 4))
+def test_layout_invariants(sizes, row, n_prefix):
+    pb = pack_images([torch.zeros(1, h, w) for h, w in sizes], [1.0] * len(sizes), 4, row,
+                     max_tokens_per_image=25, n_prefix_tokens=n_prefix)
+    lay = pb.layout(n_prefix)
+    blocks = (pb.tokens_per_image + n_prefix).tolist()
+    # rows respect the budget and every image's block is contiguous in one row
+    for r in range(lay.n_rows):
+        assert sum(b for b, rr in zip(blocks, lay.image_row.tolist()) if rr == r) <= row
+    slots = set(zip(lay.token_row.tolist(), lay.token_slot.tolist()))
+    slots |= set(zip(lay.prefix_row.tolist(), lay.prefix_slot.tolist()))
+    assert len(slots) == pb.n_tokens + n_prefix * pb.n_images  # no slot used twice
+    assert int((lay.segment >= 0).sum()) == len(slots)
+    assert torch.equal(lay.segment[lay.token_row, lay.token_slot], pb.image_index)
+    assert 0 < pb.padded_efficiency <= 1 and 0 < pb.efficiency <= 1
+    # first-fit-decreasing never needs more rows than one per image, nor fewer than the volume bound
+    assert math.ceil(sum(blocks) / row) <= lay.n_rows <= pb.n_images
