@@ -117,10 +117,13 @@ class Explorer:
         return self.table.iloc[rows][cols].reset_index(drop=True)
 
     def export_selection(self, object_ids: list[str], out_dir: str | Path, name: str | None = None) -> dict:
-        """Write the selection as CSV and, when the EcoTaxa exporter is available, as an EcoTaxa
-        import archive. Returns ``{"n", "csv", "ecotaxa", "ecotaxa_error"}`` (paths as str)."""
+        """Write the selection as CSV and as an EcoTaxa import archive (``<csv stem>_ecotaxa.zip``,
+        via :func:`aqqua_geo.export.ecotaxa.write_ecotaxa`). Returns ``{"n", "csv", "ecotaxa",
+        "ecotaxa_error"}`` (paths as str; if EcoTaxa fails the CSV is kept and the error reported)."""
         if not object_ids:
             raise ValueError("empty selection: nothing to export")
+        if len(set(object_ids)) != len(object_ids):
+            raise ValueError("selection has duplicate object_ids")
         if name is not None and not _SAFE_NAME.fullmatch(name):
             raise ValueError(f"export name {name!r} must match {_SAFE_NAME.pattern}")
         frame = self.selection_frame(object_ids)  # validates every id before writing anything
@@ -132,11 +135,8 @@ class Explorer:
         frame.to_csv(tmp, index=False)
         tmp.replace(csv_path)
         result: dict[str, Any] = {"n": len(frame), "csv": str(csv_path), "ecotaxa": None, "ecotaxa_error": None}
-        try:
-            from aqqua_geo.export.ecotaxa import write_ecotaxa
-        except ImportError as err:
-            result["ecotaxa_error"] = f"EcoTaxa export unavailable: {err}"
-            return result
+        from aqqua_geo.export.ecotaxa import write_ecotaxa
+
         ecotaxa_path = _free_path(out_dir / f"{csv_path.stem}_ecotaxa.zip")
         try:
             write_ecotaxa(self.store, self.predictions, ecotaxa_path, object_ids=frame["object_id"].tolist())

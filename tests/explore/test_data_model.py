@@ -189,6 +189,7 @@ def test_export_selection_writes_csv_of_the_selected_ids(explore_data, pca_explo
 
 @pytest.mark.parametrize(("ids", "name", "message"), [
     ([], None, "empty selection"),
+    (["a", "a"], None, "duplicate object_ids"),
     (["ghost"], None, "unknown object_id 'ghost'"),
     (None, "../escape", "export name '../escape' must match"),
 ])

@@ -232,7 +232,6 @@ def test_served_page_details_lasso_and_export(page, server, pca_explorer, explor
     result = page.evaluate("aqquaExplorer.lastExport.server")
     assert result["n"] == len(want)
     assert pd.read_csv(result["csv"])["object_id"].tolist() == want
-    if result["ecotaxa"] is None:
-        assert result["ecotaxa_error"]  # says why (exporter missing or failing)
+    assert result["ecotaxa_error"] is None and result["ecotaxa"].endswith("_ecotaxa.zip")
     assert page.inner_text("#export-status").startswith("wrote ")
     assert page.errors == []

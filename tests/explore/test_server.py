@@ -6,6 +6,7 @@ import io
 import json
 import urllib.error
 import urllib.request
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -95,8 +96,14 @@ def test_coastlines_endpoint(server):
 def test_export_endpoint_writes_the_selected_ids(server, explore_data):
     ids = explore_data["ids"][3:9]
     status, result = _post(server.url + "api/export", json.dumps({"object_ids": ids}).encode())
-    assert status == 200 and result["n"] == 6
+    assert status == 200 and result["n"] == 6 and result["ecotaxa_error"] is None
     assert pd.read_csv(result["csv"])["object_id"].tolist() == ids
+    # the EcoTaxa import bundle beside it: TSV (header + [t]/[f] type row) + one image per object
+    with zipfile.ZipFile(result["ecotaxa"]) as zf:
+        tsv = [n for n in zf.namelist() if n.endswith(".tsv")]
+        table = pd.read_csv(zf.open(tsv[0]), sep="\t", skiprows=[1], encoding="utf-8-sig")
+        assert table["object_id"].tolist() == ids
+        assert len([n for n in zf.namelist() if n.startswith("images/")]) == 6
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -104,6 +111,7 @@ def test_export_endpoint_writes_the_selected_ids(server, explore_data):
     (b'{"ids": []}', "export failed: object_ids"),
     (b'{"object_ids": [1, 2]}', "export failed: 'object_ids' must be a list of strings"),
     (b'{"object_ids": ["ghost"]}', "export failed: unknown object_id 'ghost'"),
+    (b'{"object_ids": []}', "export failed: empty selection"),
 ])
 def test_export_endpoint_rejects_bad_requests(server, body, message):
     before = sorted(server.export_dir.glob("*"))

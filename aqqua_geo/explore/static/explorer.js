@@ -381,6 +381,7 @@
     setTimeout(() => URL.revokeObjectURL(a.href), 10000);
     const result = { download: name, n: S.nSelected, server: null };
     if (MODE === "server") {
+      $("export-status").textContent = `exporting ${S.nSelected} objects (CSV + EcoTaxa)…`;
       const r = await fetch("/api/export", { method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ object_ids: selectedIds() }) });
       result.server = await r.json();
