@@ -1,9 +1,182 @@
-"""CLI commands (see aqqua_geo.cli)."""
+"""Downstream commands: embed, predict, finetune, distill, benchmark, export-ecotaxa."""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+Model = Annotated[Path, typer.Option("--model", "-m", help="Backbone checkpoint (backbone.pt).", exists=True,
+                                     dir_okay=False)]
+Store = Annotated[Path, typer.Option("--store", "-s", help="AqQua store directory.", exists=True, file_okay=False)]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
+ChunkSize = Annotated[int, typer.Option(help="Objects per Zarr chunk / resumable unit.", min=1)]
+MaxTokens = Annotated[int, typer.Option(help="Token budget of one packed inference batch.", min=1)]
+
+
+class Mode(str, Enum):
+    knn = "knn"
+    linear = "linear"
+    full = "full"
+
+
+class Rare(str, Enum):
+    group = "group"
+    exclude = "exclude"
+
+
+class Weighting(str, Enum):
+    effective_number = "effective_number"
+    inverse_frequency = "inverse_frequency"
+    none = "none"
+
+
+def embed(model: Model, store: Store, out: Out, chunk_size: ChunkSize = 256, max_tokens: MaxTokens = 4096,
+          device: Device = "cpu", overwrite: bool = typer.Option(False, help="Discard an existing output.")) -> None:
+    """Embed every image of a store into OUT/embeddings.zarr (resumable: re-run after a kill)."""
+    from aqqua_geo.foundation.inference import embed_store
+
+    path = embed_store(model, store, out, chunk_size=chunk_size, max_tokens_per_batch=max_tokens,
+                       device=device, overwrite=overwrite)
+    typer.echo(f"embeddings: {path}")
+
+
+def predict(model: Model, store: Store, out: Out,
+            classifier: Annotated[Path | None, typer.Option(help="Classifier file from `aqqua finetune`.",
+                                                            exists=True, dir_okay=False)] = None,
+            top_k: Annotated[int, typer.Option(help="Classes listed per image.", min=1)] = 3,
+            chunk_size: ChunkSize = 256, max_tokens: MaxTokens = 4096, device: Device = "cpu",
+            overwrite: bool = typer.Option(False, help="Discard an existing output.")) -> None:
+    """Embeddings + OUT/predictions.parquet (classes, novelty, traits, carbon); resumable."""
+    import pandas as pd
+
+    from aqqua_geo.foundation.inference import predict_store
+
+    path = predict_store(model, store, out, classifier, top_k=top_k, chunk_size=chunk_size,
+                         max_tokens_per_batch=max_tokens, device=device, overwrite=overwrite)
+    df = pd.read_parquet(path, columns=["pred_label", "is_novel"])
+    typer.echo(f"predictions: {path} ({len(df)} objects)")
+    if df["pred_label"].notna().any():
+        typer.echo(df["pred_label"].value_counts().head(10).to_string())
+        typer.echo(f"flagged novel: {int(df['is_novel'].sum())}")
+
+
+def finetune(model: Model, store: Store, out: Out,
+             mode: Annotated[Mode, typer.Option(help="knn / linear: heads on frozen embeddings; "
+                                                     "full: fine-tune the backbone too.")] = Mode.full,
+             epochs: Annotated[int, typer.Option(min=1)] = 5,
+             batch_size: Annotated[int, typer.Option(min=1)] = 32,
+             lr: float = 2e-4, layer_decay: float = 0.75,
+             loss_weighting: Weighting = Weighting.effective_number,
+             k: Annotated[int, typer.Option(help="Neighbours (knn mode).", min=1)] = 20,
+             min_count: Annotated[int, typer.Option(help="Classes with fewer examples are rare.")] = 10,
+             rare: Annotated[Rare, typer.Option(help="Rare classes → other_<parent>, or dropped.")] = Rare.group,
+             val_fraction: float = 0.2, seed: int = 0, device: Device = "cpu") -> None:
+    """Train a species classifier on a store's labels; writes OUT/classifier.joblib."""
+    from aqqua_geo.foundation.classify import ClassifierBundle, finetune as run_finetune, train_classifier
+
+    out.mkdir(parents=True, exist_ok=True)
+    if mode is Mode.full:
+        backbone, clf = run_finetune(model, store, out, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     layer_decay=layer_decay, loss_weighting=loss_weighting.value,
+                                     min_count=min_count, rare=rare.value, val_fraction=val_fraction,
+                                     seed=seed, device=device)
+        bundle = ClassifierBundle.load(clf)
+        typer.echo(f"fine-tuned backbone: {backbone}  (use it as --model with this classifier)")
+    else:
+        clf = out / "classifier.joblib"
+        bundle = train_classifier(model, store, clf, kind=mode.value, k=k, min_count=min_count, rare=rare.value,
+                                  val_fraction=val_fraction, seed=seed, device=device)
+    m = bundle.metrics
+    cal = m["calibration"]
+    typer.echo(f"classifier: {clf}  ({len(bundle.classes)} classes, n_train={m['n_train']}, n_val={m['n_val']})")
+    typer.echo(f"validation top-1 {m['val_top1']:.3f}, balanced accuracy {m['val_balanced_accuracy']:.3f}")
+    typer.echo(f"calibration: T={cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
+    for r in m.get("rare_classes", []):
+        if r["action"] != "kept":
+            typer.echo(f"rare class {r['label']!r} (n={r['n']}): {r['action']} -> {r['new_label']}")
+
+
+def distill(teacher: Annotated[Path, typer.Option(help="Teacher backbone.pt.", exists=True, dir_okay=False)],
+            store: Store, out: Out,
+            classifier: Annotated[Path | None, typer.Option(help="Linear classifier on the teacher: also "
+                                                            "distil class outputs.", exists=True)] = None,
+            arch: Annotated[str, typer.Option(help="Student arch (vit_tiny, ...).")] = "vit_tiny",
+            embed_dim: Annotated[int | None, typer.Option(help="Custom student width.")] = None,
+            depth: Annotated[int | None, typer.Option(help="Custom student depth.")] = None,
+            num_heads: Annotated[int | None, typer.Option(help="Custom student heads.")] = None,
+            epochs: Annotated[int, typer.Option(min=1)] = 10,
+            batch_size: Annotated[int, typer.Option(min=1)] = 32,
+            lr: float = 1e-3, kd_temperature: float = 4.0,
+            onnx: bool = typer.Option(True, help="Export OUT/student.onnx and check it against torch."),
+            onnx_size: Annotated[int, typer.Option(help="Side (px) of the fixed ONNX input.")] = 64,
+            onnx_pixel_size_um: Annotated[float, typer.Option(help="Pixel size baked into the ONNX graph.")] = 73.0,
+            seed: int = 0, device: Device = "cpu") -> None:
+    """Distil a teacher backbone into a small student (OUT/student.pt, OUT/student.onnx)."""
+    from aqqua_geo.foundation.distill import default_student_cfg, distill as run_distill, export_onnx
+    from aqqua_geo.foundation.vit import load_backbone
+
+    cfg = default_student_cfg(load_backbone(teacher).cfg, arch)
+    for key, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+        if value is not None:
+            cfg[key] = value
+    student = run_distill(teacher, store, out, student_cfg=cfg, classifier=classifier, epochs=epochs,
+                          batch_size=batch_size, lr=lr, kd_temperature=kd_temperature, seed=seed, device=device)
+    typer.echo(f"student: {student}")
+    if onnx:
+        res = export_onnx(student, Path(out) / "student.onnx", onnx_size, onnx_size, onnx_pixel_size_um)
+        typer.echo(f"onnx: {res['path']} input {res['input_shape']}, max |onnxruntime − torch| = "
+                   f"{res['max_abs_diff']:.2e}")
+
+
+def benchmark(model: Annotated[list[Path], typer.Option("--model", "-m", help="Backbone(s); repeat the option.",
+                                                        exists=True, dir_okay=False)],
+              store: Store, out: Out,
+              labels: Annotated[Path | None, typer.Option(help="CSV/Parquet object_id,label overriding the "
+                                                          "store's labels.", exists=True)] = None,
+              name: Annotated[list[str] | None, typer.Option(help="Display name per --model.")] = None,
+              k: Annotated[int, typer.Option(min=1)] = 20, test_size: float = 0.3, seed: int = 0,
+              min_count: int = 10,
+              leaderboard: Annotated[Path | None, typer.Option(help="Leaderboard folder (default: OUT).")] = None,
+              baseline: bool = typer.Option(True, help="Include the MorphometricRandomForest baseline."),
+              device: Device = "cpu") -> None:
+    """Evaluate models (+ the morphometric random-forest baseline) and update the leaderboard."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aqqua_geo.foundation.benchmark import run_benchmark
+
+    rows = run_benchmark(model, store, out, names=name or None, labels=labels, k=k, test_size=test_size,
+                         seed=seed, min_count=min_count, baseline=baseline, device=device,
+                         leaderboard=leaderboard)
+    table = Table(title=f"{Path(store).name}: {rows['n_classes'].iloc[0]} classes, "
+                        f"{rows['n_train'].iloc[0]} train / {rows['n_test'].iloc[0]} test (seed {seed})")
+    cols = ["model", "method", "top1", "balanced_accuracy", "macro_f1", "ood_auroc", "trait_r2"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("model", "method") else "right")
+    for _, r in rows.iterrows():
+        table.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    Console().print(table)
+    typer.echo(f"leaderboard: {Path(leaderboard or out) / 'leaderboard.md'}")
+
+
+def export_ecotaxa(store: Store,
+                   out: Annotated[Path, typer.Option("--out", "-o", help="OUT.zip or a directory.")],
+                   predictions: Annotated[Path | None, typer.Option(help="predictions.parquet from `aqqua "
+                                                                    "predict`.", exists=True)] = None,
+                   ids: Annotated[Path | None, typer.Option(help="CSV of object_id to export (default: all).",
+                                                            exists=True)] = None) -> None:
+    """Write an EcoTaxa import bundle (TSV with type row + PNG vignettes) of a store."""
+    from aqqua_geo.export.ecotaxa import write_ecotaxa_cli
+
+    typer.echo(f"EcoTaxa bundle: {write_ecotaxa_cli(store, predictions, out, ids)}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to *app*."""
+    for command in (embed, predict, finetune, distill, benchmark):
+        app.command(command.__name__)(command)
+    app.command("export-ecotaxa")(export_ecotaxa)
