@@ -1,0 +1,225 @@
+"""Pieces shared by the ingestors: source trees (folder or zip), items, image decoding,
+date/number parsing and per-instrument constants."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from aqqua_geo.store.schema import InvalidRecord
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+
+#: Pixel sizes (µm/px) used when a source does not give one, with where they come from.
+KNOWN_PIXEL_SIZE_UM: dict[str, tuple[float, str]] = {
+    # iRfcb `micron_factor = 1/3.4` (3.4 px per µm), the IFCB community default
+    "IFCB": (1 / 3.4, "IFCB default 1/3.4 um/px (iRfcb micron_factor)"),
+    # ZooScan at 2400 dpi: 25.4 mm / 2400 = 10.58 µm (ZooProcess `process_pixel` 10.6)
+    "ZooScan": (25400 / 2400, "ZooScan 2400 dpi = 10.58 um/px"),
+    # UVP6-LP: 73 µm pixels (Picheral et al. 2022, Limnol. Oceanogr. Methods 20:115-129)
+    "UVP6": (73.0, "UVP6 73 um/px (Picheral et al. 2022, L&O Methods 20:115)"),
+}
+
+_INSTRUMENT_PATTERNS = (
+    ("uvp6", "UVP6"), ("uvp5", "UVP5"), ("uvp", "UVP5"), ("zooscan", "ZooScan"), ("flowcam", "FlowCam"),
+    ("ifcb", "IFCB"), ("loki", "LOKI"), ("isiis", "ISIIS"), ("zoocam", "ZooCam"), ("planktoscope", "PlanktoScope"),
+)
+
+
+def canonical_instrument(value: str | None) -> str | None:
+    """Canonical spelling of an instrument name (``"uvp6"`` → ``"UVP6"``), else the stripped input."""
+    if value is None or not str(value).strip():
+        return None
+    low = str(value).strip().lower()
+    for pattern, name in _INSTRUMENT_PATTERNS:
+        if pattern in low:
+            return name
+    return str(value).strip()
+
+
+@dataclass
+class Item:
+    """One record of a source: harmonised fields so far, original columns, a lazy image.
+
+    ``errors`` holds problems found while parsing (field → InvalidRecord); a user constant
+    for that field (``--set``) clears it, otherwise the record is rejected with it.
+    """
+
+    file: str
+    record: str
+    object_id: str | None
+    fields: dict[str, Any]
+    raw: dict[str, str]
+    image: Callable[[], np.ndarray] | None = None
+    errors: dict[str, InvalidRecord] = field(default_factory=dict)
+
+
+@dataclass
+class FileProblem:
+    """A whole file that could not be read (empty, not UTF-8, malformed)."""
+
+    file: str
+    reason: str | None  # None: a note (e.g. an empty IFCB bin), not a rejection
+    detail: str
+    record: str = ""
+
+
+class SourceTree:
+    """Uniform read access to files in a folder or a .zip archive (paths are POSIX, relative)."""
+
+    def __init__(self, src: str | Path):
+        self.src = Path(src)
+        if not self.src.exists():
+            raise FileNotFoundError(f"{src}: no such file or folder")
+        self._zip = zipfile.ZipFile(self.src) if self.src.is_file() and zipfile.is_zipfile(self.src) else None
+        if self._zip is None and not self.src.is_dir():
+            raise ValueError(f"{src}: expected a folder or a .zip archive")
+        self._names = (
+            sorted(n for n in self._zip.namelist() if not n.endswith("/"))
+            if self._zip is not None
+            else sorted(p.relative_to(self.src).as_posix() for p in self.src.rglob("*") if p.is_file())
+        )
+        self._name_set = set(self._names)
+
+    def files(self, suffixes: tuple[str, ...] | None = None) -> list[str]:
+        """Relative paths of the files (optionally only those with one of *suffixes*)."""
+        if suffixes is None:
+            return list(self._names)
+        return [n for n in self._names if n.lower().endswith(suffixes)]
+
+    def exists(self, name: str) -> bool:
+        return name in self._name_set
+
+    def read_bytes(self, name: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(name)
+        return (self.src / name).read_bytes()
+
+    def size(self, name: str) -> int:
+        return self._zip.getinfo(name).file_size if self._zip is not None else (self.src / name).stat().st_size
+
+    def display(self, name: str) -> str:
+        """A path a user can find: ``folder/name`` or ``archive.zip!name``."""
+        return f"{self.src}!{name}" if self._zip is not None else str(self.src / name)
+
+    @staticmethod
+    def join(base: str, name: str) -> str:
+        """POSIX join of a file's folder and a relative name, normalised."""
+        parts: list[str] = []
+        for part in (PurePosixPath(base).parent / name.replace("\\", "/")).parts:
+            if part == "..":
+                if parts:
+                    parts.pop()
+            elif part not in (".", ""):
+                parts.append(part)
+        return "/".join(parts)
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes to uint8 H×W (grey) or H×W×3/4; raise InvalidRecord.
+
+    Colour images whose channels are all equal (grey saved as RGB, common for vignettes)
+    are stored as one channel; an all-opaque alpha channel is dropped. So the same picture
+    saved as grey PNG, RGB JPEG (lossless) or TIFF decodes to the same pixels and hash.
+    """
+    if not data:
+        raise InvalidRecord("empty_image", f"{name}: image file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    raise InvalidRecord("corrupt_image", f"{name}: {im.mode} (16/32-bit) images are not supported; convert to 8-bit")
+                if im.mode == "1":
+                    im = im.convert("L")
+                elif im.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                arr = np.asarray(im, dtype=np.uint8)
+    except InvalidRecord:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidRecord("corrupt_image", f"{name}: not a readable image (unknown format or corrupt header)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise InvalidRecord("corrupt_image", f"{name}: cannot decode image ({type(err).__name__}: {err})") from None
+    if arr.size == 0:
+        raise InvalidRecord("empty_image", f"{name}: image has no pixels")
+    if arr.ndim == 3 and arr.shape[2] == 4 and (arr[..., 3] == 255).all():
+        arr = arr[..., :3]
+    if arr.ndim == 3 and arr.shape[2] == 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 2:  # LA converted above; defensive
+        arr = arr[..., 0]
+    return np.ascontiguousarray(arr)
+
+
+_DATE_RE = re.compile(r"^(\d{4})-?/?(\d{2})-?/?(\d{2})$")
+
+
+def parse_date_time(date: str | None, time: str | None, object_id: str) -> datetime:
+    """EcoTaxa-style date (``YYYYMMDD``/``YYYY-MM-DD``) + time (``HHMM[SS]``/``HH:MM[:SS]``) → UTC.
+
+    Raises InvalidRecord ``missing_datetime``/``bad_datetime``.
+    """
+    date = (date or "").strip()
+    time = (time or "").strip()
+    if not date:
+        raise InvalidRecord("missing_datetime", f"{object_id}: date is missing")
+    if not time:
+        raise InvalidRecord("missing_datetime", f"{object_id}: time is missing (date {date})")
+    m = _DATE_RE.match(date.replace("/", "-"))
+    if not m:
+        raise InvalidRecord("bad_datetime", f"{object_id}: date {date!r} is not YYYYMMDD or YYYY-MM-DD")
+    if ":" in time:
+        parts = time.split(":")
+        if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
+            raise InvalidRecord("bad_datetime", f"{object_id}: time {time!r} is not HH:MM[:SS]")
+        hh, mm, ss = (int(p) for p in (parts + ["0"])[:3])
+    elif time.isdigit() and len(time) <= 6:
+        digits = time.zfill(4) if len(time) <= 4 else time.zfill(6)
+        digits = digits.ljust(6, "0")
+        hh, mm, ss = int(digits[:2]), int(digits[2:4]), int(digits[4:6])
+    else:
+        raise InvalidRecord("bad_datetime", f"{object_id}: time {time!r} is not HHMM[SS] or HH:MM[:SS]")
+    try:
+        return datetime(int(m[1]), int(m[2]), int(m[3]), hh, mm, ss, tzinfo=timezone.utc)
+    except ValueError as err:
+        raise InvalidRecord("bad_datetime", f"{object_id}: date/time {date!r} {time!r} is not valid ({err})") from None
+
+
+def parse_float(value: str | None, name: str, object_id: str, reason: str) -> float | None:
+    """Parse a number; empty → None; garbage → InvalidRecord(*reason*)."""
+    if value is None or not str(value).strip() or str(value).strip().lower() in ("nan", "na"):
+        return None
+    try:
+        out = float(str(value).strip())
+    except ValueError:
+        raise InvalidRecord(reason, f"{object_id}: {name}={value!r} is not a number") from None
+    return out if math.isfinite(out) else None
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """UTF-8 (with or without BOM) text; raise ValueError naming the line of a bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{name}: line {line}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+
+
+def iter_images(tree: SourceTree, prefix: str = "") -> Iterator[str]:
+    """Relative paths of the image files of *tree* under *prefix*."""
+    for name in tree.files(IMAGE_SUFFIXES):
+        if name.startswith(prefix):
+            yield name

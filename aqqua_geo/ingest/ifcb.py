@@ -1,0 +1,245 @@
+"""Raw IFCB bins (``.hdr`` + ``.adc`` + ``.roi``), both ADC layouts.
+
+* V1 ("old", IFCB1-6, 2006-2012 software): 15 ADC columns plus a trailing comma; ROI width,
+  height and byte offset in columns 12, 13, 14 (1-based). Bin id ``IFCBn_YYYY_DDD_HHMMSS``.
+* V2 (acquisition software 2.0+): 24 columns; ROI width, height, offset in 16, 17, 18;
+  ``key: value`` header. Bin id ``DYYYYMMDDTHHMMSS_IFCBnnn``.
+
+Each ADC row with a non-zero ROI is one image: ``height × width`` bytes at the offset
+(``pyifcb`` layout), object id ``<bin>_<row:05d>`` (1-based ADC row, the IFCB convention).
+
+Sampled volume (``ml_analyzed``, stored per image as ``sampled_volume_l`` = ml / 1000), as
+computed by the IFCB community (ifcb-analysis / pyifcb):
+
+* V2: ``ml = 0.25 ml/min × (runTime − inhibitTime) / 60`` from the header (the syringe pumps
+  0.25 ml/min; inhibit time is when the instrument is busy and does not look);
+* V1: ``look_time = run_time − Σ max(trigger_open[i+1] − frame_grab[i], 0.073 s) − 0.073 s``
+  with ``run_time`` = last frame-grab time (times < 0 get +24 h: bins spanning midnight), and
+  ``ml = look_time × 40 steps/s × 5/48000 ml/step``.
+
+Position and depth come from the header (``gpsLatitude``/``latitude``..., ``depth``) or from a
+user table (``positions=`` CSV with ``bin``, ``lat``, ``lon``, ``depth`` columns); without
+them the images are rejected ``missing_position``. Pixel size: ``pixel_size_um=`` or 1/3.4 µm
+(iRfcb's default ``micron_factor``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aqqua_geo.ingest.common import KNOWN_PIXEL_SIZE_UM, FileProblem, Item, SourceTree
+from aqqua_geo.store.schema import InvalidRecord
+
+ADC_COLUMNS = {
+    1: ("trigger processingEndTime fluorescenceLow fluorescenceHigh scatteringLow scatteringHigh comparatorPulse "
+        "triggerOpenTime frameGrabTime roiX roiY roiWidth roiHeight startByte valveStatus").split(),
+    2: ("trigger adcTime pmtA pmtB pmtC pmtD peakA peakB peakC peakD timeOfFlight grabTimeStart grabTimeEnd "
+        "roiX roiY roiWidth roiHeight startByte comparatorOut startPoint signalLength status runTime inhibitTime").split(),
+}
+V1_RE = re.compile(r"^IFCB(\d+)_(\d{4})_(\d{3})_(\d{6})$")
+V2_RE = re.compile(r"^D(\d{8}T\d{6})_IFCB(\d+)$")
+_LAT_KEYS = ("gpslatitude", "latitude", "lat")
+_LON_KEYS = ("gpslongitude", "longitude", "lon")
+_DEPTH_KEYS = ("depth", "sampledepth", "depth_m")
+FLOW_RATE_ML_MIN = 0.25
+V1_MIN_PROC_TIME = 0.073
+V1_ML_PER_S = 40 * 5 / 48000
+
+
+@dataclass
+class BinId:
+    """Parsed IFCB bin id."""
+
+    pid: str
+    schema: int
+    instrument: str
+    datetime: datetime
+
+
+def parse_bin_id(pid: str) -> BinId:
+    """``D20130526T095207_IFCB013`` (V2) or ``IFCB5_2012_028_081515`` (V1) → :class:`BinId`."""
+    if m := V2_RE.match(pid):
+        when = datetime.strptime(m[1], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+        return BinId(pid, 2, f"IFCB{int(m[2]):03d}", when)
+    if m := V1_RE.match(pid):
+        day = datetime(int(m[2]), 1, 1, tzinfo=timezone.utc) + timedelta(days=int(m[3]) - 1)
+        hms = m[4]
+        when = day.replace(hour=int(hms[:2]), minute=int(hms[2:4]), second=int(hms[4:]))
+        return BinId(pid, 1, f"IFCB{int(m[1])}", when)
+    raise ValueError(f"{pid}: not an IFCB bin id (DYYYYMMDDTHHMMSS_IFCBnnn or IFCBn_YYYY_DDD_HHMMSS)")
+
+
+def parse_header(text: str) -> dict[str, str]:
+    """``key: value`` lines (V2), or V1's quoted lines where a line of names is followed by
+    a line of values."""
+    out: dict[str, str] = {}
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith('"'):
+            cells = [c.strip().strip('"').strip() for c in line.split('","')]
+            if i + 1 < len(lines) and lines[i + 1].startswith('"') and len(cells) == 1 and " " in cells[0]:
+                names = cells[0].split()
+                values = [c.strip().strip('"').strip() for c in lines[i + 1].split('","')]
+                if len(names) == len(values):
+                    out.update(zip(names, values))
+            elif "=" in cells[0] and len(cells) == 1:
+                k, v = cells[0].split("=", 1)
+                out[k.strip()] = v.strip()
+        elif ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def read_adc(text: str, schema: int) -> pd.DataFrame:
+    """ADC rows as a DataFrame with the schema's column names (index = 1-based ROI number)."""
+    rows = [ln.rstrip(",").split(",") for ln in text.splitlines() if ln.strip()]
+    names = ADC_COLUMNS[schema]
+    if not rows:
+        return pd.DataFrame(columns=names, dtype=float)
+    width = len(names)
+    for i, r in enumerate(rows, 1):
+        if len(r) < width - (1 if schema == 1 else 0) - (2 if schema == 2 else 0):
+            raise ValueError(f"row {i}: {len(r)} columns, V{schema} ADC has {width}")
+    df = pd.DataFrame([r[:width] + [""] * (width - len(r)) for r in rows], columns=names)
+    df = df.apply(pd.to_numeric, errors="coerce")
+    df.index = np.arange(1, len(df) + 1)
+    return df
+
+
+def ml_analyzed(adc: pd.DataFrame, header: dict[str, str], schema: int) -> float:
+    """Millilitres of sample imaged in a bin (see module docstring); NaN if unknown."""
+    if schema == 2:
+        try:
+            run, inhibit = float(header["runTime"]), float(header["inhibitTime"])
+        except (KeyError, ValueError):
+            run = inhibit = float("nan")
+        ml = FLOW_RATE_ML_MIN * (run - inhibit) / 60.0
+        if not (ml > 0) and len(adc):  # header not filled in: use the last ADC row's counters
+            last = adc.iloc[-1]
+            ml = FLOW_RATE_ML_MIN * (last["runTime"] - last["inhibitTime"]) / 60.0
+        return float(ml) if ml > 0 else float("nan")
+    if len(adc) == 0:
+        return float("nan")
+    adc = adc.drop_duplicates(subset="trigger", keep="first")
+    grab = adc["frameGrabTime"].to_numpy(float)
+    opened = adc["triggerOpenTime"].to_numpy(float)
+    grab = grab + (grab < 0) * 86400.0
+    opened = opened + (opened < 0) * 86400.0
+    proc = np.maximum(opened[1:] - grab[:-1], V1_MIN_PROC_TIME)
+    look = grab[-1] - proc.sum() - V1_MIN_PROC_TIME
+    return float(look * V1_ML_PER_S)
+
+
+def load_positions(path: str | Path) -> dict[str, dict[str, float]]:
+    """User table of bin positions: CSV/Parquet with ``bin`` (or ``pid``), ``lat``, ``lon``, ``depth``."""
+    path = Path(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"bin": str, "pid": str})
+    df.columns = [c.strip().lower() for c in df.columns]
+    key = "bin" if "bin" in df.columns else "pid" if "pid" in df.columns else None
+    missing = [c for c in ("lat", "lon", "depth") if c not in df.columns]
+    if key is None or missing:
+        raise ValueError(f"{path}: positions table needs columns bin, lat, lon, depth (missing {missing or ['bin']})")
+    return {str(r[key]).strip(): {"lat": r["lat"], "lon": r["lon"], "depth": r["depth"]} for _, r in df.iterrows()}
+
+
+def _header_value(header: dict[str, str], keys: tuple[str, ...]) -> float | None:
+    low = {k.lower(): v for k, v in header.items()}
+    for k in keys:
+        if k in low:
+            try:
+                return float(low[k])
+            except ValueError:
+                return None
+    return None
+
+
+def iter_ifcb(
+    src: Any, *, positions: str | Path | dict | None = None, pixel_size_um: float | None = None
+) -> Iterator[Item | FileProblem]:
+    """Yield an :class:`Item` per ROI of every bin (``*.adc`` with ``.hdr``/``.roi``) under *src*."""
+    tree = src if isinstance(src, SourceTree) else SourceTree(src)
+    table = load_positions(positions) if isinstance(positions, (str, Path)) else (positions or {})
+    adcs = tree.files((".adc",))
+    if not adcs:
+        yield FileProblem(str(tree.src), "bad_row", f"{tree.src}: no IFCB .adc file found")
+        return
+    for adc_name in adcs:
+        yield from _bin_items(tree, adc_name, table, pixel_size_um)
+
+
+def _bin_items(tree: SourceTree, adc_name: str, table: dict, pixel_size_um: float | None) -> Iterator[Item | FileProblem]:
+    stem = adc_name[: -len(".adc")]
+    pid = stem.split("/")[-1]
+    disp = tree.display(adc_name)
+    try:
+        bid = parse_bin_id(pid)
+    except ValueError as err:
+        yield FileProblem(disp, "bad_row", str(err))
+        return
+    for ext in (".hdr", ".roi"):
+        if not tree.exists(stem + ext):
+            yield FileProblem(disp, "missing_image" if ext == ".roi" else "bad_row", f"{tree.display(stem + ext)}: missing (bin {pid})")
+            return
+    try:
+        header = parse_header(tree.read_bytes(stem + ".hdr").decode("utf-8", errors="strict"))
+        adc = read_adc(tree.read_bytes(adc_name).decode("ascii"), bid.schema)
+    except UnicodeDecodeError as err:
+        yield FileProblem(disp, "bad_encoding", f"{disp}: not ASCII/UTF-8 text ({err.reason} at byte {err.start})")
+        return
+    except ValueError as err:
+        yield FileProblem(disp, "bad_row", f"{disp}: {err}")
+        return
+    rois = adc[(adc["roiWidth"] > 0) & (adc["roiHeight"] > 0)]
+    if rois.empty:
+        yield FileProblem(disp, None, f"{pid}: empty bin ({len(adc)} triggers, no ROI)")
+        return
+    roi_name = stem + ".roi"
+    roi_size = tree.size(roi_name)
+    ml = ml_analyzed(adc, header, bid.schema)
+    pos = table.get(pid, {})
+    lat = pos.get("lat", _header_value(header, _LAT_KEYS))
+    lon = pos.get("lon", _header_value(header, _LON_KEYS))
+    depth = pos.get("depth", _header_value(header, _DEPTH_KEYS))
+    pixel, pixel_src = (pixel_size_um, "user") if pixel_size_um else KNOWN_PIXEL_SIZE_UM["IFCB"]
+    roi_bytes: list[bytes] = []  # read once per bin, lazily
+
+    def roi_data() -> bytes:
+        if not roi_bytes:
+            roi_bytes.append(tree.read_bytes(roi_name))
+        return roi_bytes[0]
+
+    hdr_raw = {f"hdr_{k}": v for k, v in header.items()}
+    for n, row in rois.iterrows():
+        oid = f"{pid}_{int(n):05d}"
+        w, h, start = int(row["roiWidth"]), int(row["roiHeight"]), int(row["startByte"])
+        raw = {c: ("" if pd.isna(v) else repr(v) if isinstance(v, float) else str(v)) for c, v in row.items()}
+        raw.update(hdr_raw, bin=pid, roi_number=str(int(n)), ml_analyzed=repr(ml), pixel_size_um_source=pixel_src,
+                   position_source="user table" if pid in table else "header" if lat is not None else "none")
+        fields = {
+            "instrument": "IFCB", "sample_id": pid, "datetime": bid.datetime, "lat": lat, "lon": lon,
+            "depth_min": depth, "depth_max": depth, "pixel_size_um": pixel, "sampled_volume_l": ml / 1000.0,
+            "label": None, "label_status": "unlabelled",
+        }
+        item = Item(file=disp, record=f"ROI {int(n)}", object_id=oid, fields=fields, raw=raw)
+        if lat is None or lon is None:
+            item.errors["lat"] = InvalidRecord(
+                "missing_position", f"{oid}: bin {pid} has no position in its header; pass positions= (CSV bin,lat,lon,depth)"
+            )
+        elif depth is None:
+            item.errors["depth_min"] = InvalidRecord("missing_depth", f"{oid}: bin {pid} has no depth; pass positions=")
+        if start + w * h > roi_size:
+            item.errors["image"] = InvalidRecord(
+                "truncated_roi", f"{tree.display(roi_name)}: ROI {int(n)} needs bytes {start}..{start + w * h} but the file has {roi_size}"
+            )
+        else:
+            item.image = (lambda s=start, w=w, h=h: np.frombuffer(roi_data(), np.uint8, count=w * h, offset=s).reshape(h, w).copy())
+        yield item

@@ -1,0 +1,252 @@
+"""Drive an ingestor into a store (:func:`ingest`) or dry-run it (:func:`validate`)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aqqua_geo.ingest.common import FileProblem, Item, SourceTree, canonical_instrument
+from aqqua_geo.store import codec
+from aqqua_geo.store.schema import InvalidRecord, check_record, to_utc
+
+FORMATS = ("ecotaxa", "ifcb", "folder")
+_FLOAT_KEYS = ("lat", "lon", "depth", "depth_min", "depth_max", "altitude", "pixel_size_um", "sampled_volume_l")
+SETTABLE = (*_FLOAT_KEYS, "datetime", "instrument", "sample_id", "label", "label_status")
+_ERROR_ORDER = ("row", "image", "datetime", "lat", "lon", "depth_min", "depth_max", "pixel_size_um")
+
+
+class IngestError(RuntimeError):
+    """Raised in strict mode for the first record that would be rejected."""
+
+
+@dataclass
+class IngestReport:
+    """What an ingest (or a dry run) did; ``summary()`` gives the text printed by the CLI."""
+
+    source: str
+    fmt: str
+    src: str
+    store_dir: str | None
+    dry_run: bool = False
+    records: int = 0
+    ingested: int = 0
+    exists: int = 0
+    duplicates: int = 0
+    conflicting_labels: int = 0
+    rejected_by_reason: Counter = field(default_factory=Counter)
+    rejections: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+    def summary(self, max_examples: int = 5) -> str:
+        """Human-readable summary: counts, rejections by reason (with examples), notes."""
+        verb = "would ingest" if self.dry_run else "ingested"
+        lines = [
+            f"{self.fmt} source {self.source!r} from {self.src}" + (f" -> {self.store_dir}" if self.store_dir else " (dry run)"),
+            f"  records: {self.records}  {verb}: {self.ingested}  already in store: {self.exists}  "
+            f"duplicates: {self.duplicates} ({self.conflicting_labels} with a conflicting label)  "
+            f"rejected: {self.rejected}  [{self.seconds:.1f} s]",
+        ]
+        for reason, n in sorted(self.rejected_by_reason.items()):
+            lines.append(f"  rejected {reason}: {n}")
+            for r in [r for r in self.rejections if r["reason"] == reason][:max_examples]:
+                lines.append(f"    - {r['detail']}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def parse_constants(pairs: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """User constants (``["instrument=UVP6", "pixel_size_um=73"]`` or a dict) → typed values."""
+    if not pairs:
+        return {}
+    items = dict(p.split("=", 1) if "=" in p else (p, None) for p in pairs) if isinstance(pairs, (list, tuple)) else dict(pairs)
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        key = key.strip()
+        if key not in SETTABLE:
+            raise ValueError(f"--set {key}: unknown field; settable fields are {', '.join(SETTABLE)}")
+        if value is None or str(value).strip() == "":
+            raise ValueError(f"--set {key}: missing value (use --set {key}=VALUE)")
+        if key in _FLOAT_KEYS:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"--set {key}={value!r}: not a number") from None
+        elif key == "datetime":
+            try:
+                out[key] = to_utc(str(value))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"--set datetime={value!r}: not a date/time ({err})") from None
+        elif key == "instrument":
+            out[key] = canonical_instrument(str(value))
+        else:
+            out[key] = str(value).strip()
+    if "depth" in out:
+        out["depth_min"] = out["depth_max"] = out.pop("depth")
+    if "altitude" in out:  # lakes: altitude stored as negative depth
+        out["depth_min"] = out["depth_max"] = -out.pop("altitude")
+    return out
+
+
+def _apply_constants(item: Item, constants: dict[str, Any], raw_constants: dict[str, Any]) -> None:
+    for key, value in constants.items():
+        item.fields[key] = value
+        item.errors.pop(key, None)
+        if key in ("datetime",):
+            item.errors.pop("datetime", None)
+    for key, value in raw_constants.items():
+        item.raw[f"user_set:{key}"] = str(value)
+
+
+def _iterator(src: Path, fmt: str, options: dict[str, Any], store_dir: Path | None) -> Iterator[Item | FileProblem]:
+    tree = SourceTree(src)
+    if fmt == "ecotaxa":
+        from aqqua_geo.ingest.ecotaxa import acq_samples_from_raw, iter_ecotaxa
+
+        existing = {}
+        if store_dir is not None and (store_dir / "manifest.json").is_file():
+            from aqqua_geo.store import AqquaStore
+
+            existing = acq_samples_from_raw([AqquaStore(store_dir).raw()])
+        return iter_ecotaxa(tree, existing_acq_samples=existing)
+    if fmt == "ifcb":
+        from aqqua_geo.ingest.ifcb import iter_ifcb
+
+        return iter_ifcb(tree, positions=options.get("positions"), pixel_size_um=options.get("pixel_size_um"))
+    if fmt == "folder":
+        from aqqua_geo.ingest.folder import iter_folder
+
+        return iter_folder(tree, metadata=options.get("metadata"), mapping=options.get("mapping"))
+    raise ValueError(f"format {fmt!r}: use one of {FORMATS}")
+
+
+def _where(item: Item, detail: str) -> str:
+    """One line naming the file and the record."""
+    prefix = f"{item.file}: {item.record}: "
+    return detail if detail.startswith(item.file) else prefix + detail
+
+
+def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, progress=True, batch_size=512, **options):
+    from tqdm.auto import tqdm
+
+    from aqqua_geo.store import StoreWriter
+
+    src = Path(src)
+    raw_constants = dict(p.split("=", 1) for p in constants) if isinstance(constants, list) else dict(constants or {})
+    constants = parse_constants(constants)
+    source = source or src.stem
+    report = IngestReport(source=source, fmt=fmt, src=str(src), store_dir=None if store_dir is None else str(store_dir),
+                          dry_run=store_dir is None)
+    t0 = time.perf_counter()
+    store_dir = None if store_dir is None else Path(store_dir)
+    items = _iterator(src, fmt, options, store_dir)
+    writer = None
+    if store_dir is not None:
+        writer = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(src.resolve()),
+                             batch_size=batch_size, source_info={"constants": {k: str(v) for k, v in raw_constants.items()}})
+        writer.open()
+    seen_ids: set[str] = set()
+    seen_hashes: dict[str, tuple[str, str | None]] = {}
+
+    def reject(file: str, record: str, reason: str, detail: str, raw=None, object_id=None) -> None:
+        if strict:
+            raise IngestError(detail)
+        report.rejected_by_reason[reason] += 1
+        report.rejections.append({"file": file, "record": record, "reason": reason, "detail": detail})
+        if writer is not None:
+            writer.reject(file=file, record=record, reason=reason, detail=detail, raw=raw, object_id=object_id)
+
+    try:
+        for item in tqdm(items, desc=f"{'validate' if writer is None else 'ingest'} {source}", unit="rec",
+                         disable=not progress, mininterval=1.0):
+            if isinstance(item, FileProblem):
+                if item.reason is None:
+                    report.notes.append(item.detail)
+                else:
+                    reject(item.file, item.record, item.reason, item.detail)
+                continue
+            report.records += 1
+            _apply_constants(item, constants, raw_constants)
+            oid = item.object_id
+            if oid and oid in seen_ids:
+                reject(item.file, item.record, "duplicate_object_id",
+                       _where(item, f"{oid}: object id appears twice in this source"), item.raw, oid)
+                continue
+            if oid:
+                seen_ids.add(oid)
+            errors = sorted(item.errors.items(), key=lambda kv: _ERROR_ORDER.index(kv[0]) if kv[0] in _ERROR_ORDER else 99)
+            try:
+                if errors:
+                    raise errors[0][1]
+                if item.image is None:
+                    raise InvalidRecord("missing_image", f"{oid}: no image")
+                image = item.image()
+                record = {**item.fields}
+                if writer is not None:
+                    outcome = writer.add(oid, image, record, item.raw)
+                else:
+                    outcome = _dry_add(oid, image, record, source, seen_hashes, report)
+            except InvalidRecord as err:
+                reject(item.file, item.record, err.reason, _where(item, err.detail), item.raw, oid)
+                continue
+            if writer is None:
+                continue
+            report.ingested += outcome == "added"
+            report.exists += outcome == "exists"
+            report.duplicates += outcome == "duplicate"
+        if writer is not None:
+            report.conflicting_labels = writer.report.conflicting_labels
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer._release()  # keep the journal: re-running the same ingest resumes
+        raise
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _dry_add(oid, image: np.ndarray, record: dict, source: str, seen: dict, report: IngestReport) -> str:
+    row = check_record(oid, {**record, "source": source})
+    digest = codec.content_hash(image)
+    if digest in seen:
+        report.duplicates += 1
+        kept_label = seen[digest][1]
+        report.conflicting_labels += int(row["label"] is not None and kept_label is not None and row["label"] != kept_label)
+        return "duplicate"
+    seen[digest] = (oid, row["label"])
+    report.ingested += 1
+    return "added"
+
+
+def ingest(src: str | Path, store_dir: str | Path, fmt: str = "ecotaxa", **options: Any) -> IngestReport:
+    """Ingest *src* (format *fmt*) into the store at *store_dir* (created if needed).
+
+    Options: ``source`` (name, default the folder name), ``constants`` (CLI ``--set``; dict or
+    ``["key=value"]``, applied to every record and recorded in raw/ as ``user_set:<key>``),
+    ``strict`` (raise :class:`IngestError` at the first bad record; nothing is written),
+    ``progress``, ``batch_size``; IFCB: ``positions`` (CSV bin,lat,lon,depth),
+    ``pixel_size_um``; folder: ``metadata`` (CSV/Parquet), ``mapping`` (field → column).
+    Re-running is idempotent; a killed run resumes when run again.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: use one of {FORMATS}")
+    if options.get("strict"):
+        _run(src, fmt, None, **{**options, "progress": False})  # raises before anything is written
+    return _run(src, fmt, store_dir, **options)
+
+
+def validate(src: str | Path, fmt: str = "ecotaxa", **options: Any) -> IngestReport:
+    """Dry run of :func:`ingest`: what would be ingested and rejected, and why. Writes nothing."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: use one of {FORMATS}")
+    return _run(src, fmt, None, **options)
