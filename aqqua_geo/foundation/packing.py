@@ -85,6 +85,14 @@ class PackedLayout:
     def n_slots(self) -> int:
         return self.n_rows * self.row_length
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedLayout:
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return replace(self, **moved)
+
 
 @dataclass
 class PackedBatch:
@@ -152,18 +160,23 @@ class PackedBatch:
 
     # -- devices -----------------------------------------------------------------------
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedBatch:
-        """Copy to ``device`` (layouts are recomputed lazily there)."""
+        """Copy to ``device``, with the layouts already computed (e.g. in a DataLoader worker)."""
         moved = {
             f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
             for f in fields(self)
             if isinstance(getattr(self, f.name), Tensor)
         }
-        return replace(self, **moved, _layouts={})
+        layouts = {k: v.to(device, non_blocking=non_blocking) for k, v in self._layouts.items()}
+        return replace(self, **moved, _layouts=layouts)
 
     def pin_memory(self) -> PackedBatch:
         """Pinned-memory copy (DataLoader ``pin_memory=True`` calls this)."""
-        pinned = {f.name: getattr(self, f.name).pin_memory() for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        return replace(self, **pinned, _layouts={})
+        pinned = {
+            f.name: getattr(self, f.name).pin_memory()
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return replace(self, **pinned, _layouts=dict(self._layouts))
 
 
 def pack_images(
@@ -244,7 +257,7 @@ def pack_images(
                 raise ValueError(f"pack_images: mask {i} has shape {tuple(m.shape)}, image grid is ({gh}, {gw})")
         flat_mask = torch.cat([m.reshape(-1).bool() for m in masks])
     device = images[0].device
-    return PackedBatch(
+    batch = PackedBatch(
         patches=torch.cat(patches).to(device),
         image_index=image_index.to(device),
         grid_yx=grid_yx.to(device),
@@ -257,6 +270,8 @@ def pack_images(
         mask=None if flat_mask is None else flat_mask.to(device),
         n_prefix_tokens=n_prefix_tokens,
     )
+    batch.layout(n_prefix_tokens)  # bin-pack now: in the DataLoader worker, not the training loop
+    return batch
 
 
 def concat_packed(batches: list[PackedBatch]) -> PackedBatch:

@@ -44,7 +44,8 @@ def test_ibot_loss_weights_each_image_by_its_masked_count():
     loss = IBOTPatchLoss(0.1)(torch.tensor(s), torch.tensor(t), torch.tensor([0, 0, 1]), n_images=3)
     expect = ((_ce(t[0], s[0]) + _ce(t[1], s[1])) / 2 + _ce(t[2], s[2])) / 3
     assert float(loss) == pytest.approx(expect, rel=1e-6)
-    empty = IBOTPatchLoss(0.1)(torch.zeros(0, 3, requires_grad=True), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 3)
+    no_tokens = torch.zeros(0, 3, requires_grad=True)
+    empty = IBOTPatchLoss(0.1)(no_tokens, torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 3)
     assert empty.requires_grad and float(empty.detach()) == 0.0
 
 
@@ -115,7 +116,8 @@ def _cfg(centering="sinkhorn_knopp", **over):
 
 def _batch(b=3, n_g=2, n_l=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    glob = pack_images([torch.randn(1, 12, 8 + 4 * (i % 2), generator=g) for i in range(n_g * b)], [1.0] * n_g * b, 4, 40)
+    glob_imgs = [torch.randn(1, 12, 8 + 4 * (i % 2), generator=g) for i in range(n_g * b)]
+    glob = pack_images(glob_imgs, [1.0] * n_g * b, 4, 40)
     loc = pack_images([torch.randn(1, 8, 8, generator=g) for _ in range(n_l * b)], [1.0] * n_l * b, 4, 40)
     masks = torch.rand(glob.n_tokens, generator=g) < 0.4
     return {"global": glob, "local": loc, "n_global_crops": n_g, "n_local_crops": n_l, "masks": masks, "batch_size": b}

@@ -216,3 +216,13 @@ def test_matches_timm_vision_transformer_on_one_image():
         theirs = ref.forward_features(img[None])[0]
     torch.testing.assert_close(ours["cls"][0], theirs[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(ours["patch"], theirs[3:], atol=1e-5, rtol=0)
+
+
+def test_package_exports_are_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, aqqua_geo.foundation as f; assert 'torch' not in sys.modules; "
+            "from aqqua_geo.foundation import load_backbone, embed_images; print(load_backbone.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "aqqua_geo.foundation.vit"
