@@ -424,7 +424,7 @@ def _finish_bundle(head, backbone_path: str | Path, emb: np.ndarray, labels: np.
 
     bundle = ClassifierBundle(head=head, embedding={"backbone_sha256": file_sha256(backbone_path),
                                                     "embed_dim": int(emb.shape[1]), "pool": "cls", **extra})
-    bundle.label_map = {r.label: r.new_label for r in report.itertuples()}
+    bundle.label_map = {r.label: (r.new_label if isinstance(r.new_label, str) else None) for r in report.itertuples()}
     calib = bundle.calibrate(emb[va], labels[va])
     scorer = NoveltyScorer(novelty).fit(emb[tr], labels[tr])
     scorer.set_threshold(emb[va], bundle.logits(emb[va]) if novelty == "energy" else None)
@@ -607,7 +607,7 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 3.0)
             opt.step()
-            running += float(loss) * len(batch)
+            running += float(loss.detach()) * len(batch)
             step += 1
             bar.update(1)
         history.append({"epoch": epoch + 1, "train_loss": running / len(tr)})

@@ -1,0 +1,92 @@
+"""Fine-tuning pieces: class-balanced weights, layer-wise LR decay, end-to-end on real vignettes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 3, "num_heads": 2, "patch_size": 8,
+        "max_tokens_per_image": 64, "layerscale": None}
+
+
+def make_store(root: Path, bundled_data, counts: dict[str, int]) -> Path:
+    from PIL import Image
+
+    from aqqua_geo.store import StoreWriter
+
+    src = bundled_data.path("uvp6_vignettes")
+    store = root / "store"
+    with StoreWriter(store, source="uvp6_test", source_format="folder", source_path=str(src)) as w:
+        for folder, n in counts.items():
+            for f in sorted((src / folder).glob("*.png"))[:n]:
+                rec = {"source": "uvp6_test", "instrument": "UVP6", "sample_id": "s1",
+                       "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
+                       "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
+                       "label": folder.split("__")[0], "label_status": "validated"}
+                w.add(f"{folder}/{f.stem}", np.array(Image.open(f).convert("L")), rec, {"file": f.name})
+    return store
+
+
+def test_class_weights_by_hand():
+    from aqqua_geo.foundation.classify import class_weights
+
+    # inverse frequency 1/10, 1/40 → normalised to mean 1: 1.6, 0.4
+    np.testing.assert_allclose(class_weights([10, 40], "inverse_frequency"), [1.6, 0.4])
+    # effective number (1-β)/(1-β^n), β = 0.5: n=1 → 1, n=2 → 0.5/0.75 = 2/3; mean 5/6
+    np.testing.assert_allclose(class_weights([1, 2], "effective_number", beta=0.5), [1.2, 0.8])
+    np.testing.assert_allclose(class_weights([3, 5], "none"), [1, 1])
+    with pytest.raises(ValueError, match="unknown class weighting"):
+        class_weights([1], "focal")
+    with pytest.raises(ValueError, match="positive"):
+        class_weights([0, 3])
+
+
+def test_layer_decay_groups():
+    from aqqua_geo.foundation.classify import layer_decay_param_groups
+    from aqqua_geo.foundation.vit import build_backbone
+
+    model = build_backbone(TINY)
+    head = torch.nn.Linear(32, 4)
+    groups = layer_decay_param_groups(model, head, base_lr=1.0, layer_decay=0.5, weight_decay=0.05)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert lr_of[id(head.weight)] == 1.0 and lr_of[id(model.norm.weight)] == 1.0
+    assert lr_of[id(model.blocks[2].mlp.fc1.weight)] == 0.5  # layer 3 of 3 → 0.5^(4-3)
+    assert lr_of[id(model.blocks[0].mlp.fc1.weight)] == 0.125
+    assert lr_of[id(model.patch_embed.proj.weight)] == 0.0625 and lr_of[id(model.cls_token)] == 0.0625
+    assert wd_of[id(model.cls_token)] == 0.0 and wd_of[id(model.blocks[0].mlp.fc1.bias)] == 0.0
+    assert wd_of[id(model.blocks[0].mlp.fc1.weight)] == 0.05
+    n_params = sum(1 for p in model.parameters()) + 2
+    assert sum(len(g["params"]) for g in groups) == n_params
+
+
+def test_finetune_end_to_end_with_rare_class(tmp_path, bundled_data):
+    from aqqua_geo.foundation.classify import ClassifierBundle, finetune
+    from aqqua_geo.foundation.embed import embed_images
+    from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
+    from aqqua_geo.store import AqquaStore
+
+    torch.manual_seed(0)
+    start = save_backbone(build_backbone(TINY), tmp_path / "start.pt")
+    store_dir = make_store(tmp_path, bundled_data, {"Acantharea__1111": 12, "detritus__8888": 20,
+                                                    "bubble__5555": 12, "fiber__9999": 3})
+    backbone, clf = finetune(start, store_dir, tmp_path / "ft", epochs=3, batch_size=8, lr=1e-3, min_count=5,
+                             rare="exclude", val_fraction=0.25, progress=False)
+    bundle = ClassifierBundle.load(clf)
+    assert list(bundle.classes) == ["Acantharea", "bubble", "detritus"]  # fiber (3 < 5) excluded
+    assert bundle.label_map["fiber"] is None and bundle.kind == "linear"
+    hist = bundle.metrics["history"]
+    assert len(hist) == 3 and hist[-1]["train_loss"] < hist[0]["train_loss"]
+    cal = bundle.metrics["calibration"]
+    assert cal["nll_after"] <= cal["nll_before"] + 1e-9 and cal["temperature"] > 0
+    # the backbone changed, and the saved head reproduces the torch head's outputs
+    before = load_backbone(start).state_dict()["blocks.0.mlp.fc1.weight"]
+    assert not torch.equal(before, load_backbone(backbone).state_dict()["blocks.0.mlp.fc1.weight"])
+    store = AqquaStore(store_dir)
+    emb = embed_images(load_backbone(backbone), store.get_many(range(4)), [73.0] * 4)
+    proba = bundle.predict_proba(emb)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    assert bundle.metrics["val_top1"] > 1 / 3  # better than chance on 3 classes after 3 epochs
