@@ -1,0 +1,99 @@
+"""pretrain end to end on a tiny real UVP6 store: outputs, finite losses, usable backbone,
+collate batch format."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from aqqua_geo.foundation import load_backbone, pretrain
+from aqqua_geo.foundation.train import check_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_collate_builds_the_interface_batch(uvp6_store, tiny_cfg):
+    from aqqua_geo.foundation.collate import collate_multicrop
+    from aqqua_geo.foundation.data import MultiCropDataset
+    from aqqua_geo.store import AqquaStore
+
+    cfg = tiny_cfg()
+    ds = MultiCropDataset(AqquaStore(uvp6_store).torch_dataset(), cfg)
+    samples = [ds[(i, 0, i)] for i in range(6)]
+    batch = collate_multicrop(samples, cfg)
+    assert batch["batch_size"] == 6 and batch["n_global_crops"] == 2 and batch["n_local_crops"] == 2
+    glob = batch["global"]
+    assert glob.n_images == 12 and batch["local"].n_images == 12
+    assert batch["masks"].dtype == torch.bool and batch["masks"].shape == (glob.n_tokens,)
+    # crop-major: image k of the global batch is crop k // B of sample k % B
+    sizes = [tuple(s["global_crops"][c].image.shape[1:]) for c in range(2) for s in samples]
+    assert [tuple(int(v) * 8 for v in hw) for hw in glob.grid_hw] == sizes
+    # masks are per crop: some crops fully unmasked, masked ones within the ratio range
+    per_image = torch.zeros(glob.n_images).index_add_(0, glob.image_index, batch["masks"].float())
+    ratios = per_image / glob.tokens_per_image
+    assert (ratios == 0).sum() == 6 and ratios.max() <= 0.55
+    again = collate_multicrop([ds[(i, 0, i)] for i in range(6)], cfg)
+    assert torch.equal(again["masks"], batch["masks"])  # reproducible from the sample keys
+
+
+def test_pretrain_writes_every_output(uvp6_store, tiny_cfg, tmp_path):
+    cfg = tiny_cfg("optim.warmup_fraction=0.5")
+    out = pretrain(cfg, uvp6_store, tmp_path / "run", progress=False)
+    for name in ("config.yaml", "log.csv", "loss_curve.png", "backbone.pt", "checkpoints/last.pt",
+                 "checkpoints/step_0000002.pt", "checkpoints/step_0000004.pt"):
+        assert (out / name).is_file(), name
+    with (out / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    for col in ("lr", "wd", "momentum", "teacher_temp", "loss", "dino_local_crops_loss", "ibot_loss",
+                "koleo_loss", "images_per_s", "tokens_per_s", "packing_efficiency"):
+        assert all(np.isfinite(float(r[col])) for r in rows), col
+    assert float(rows[0]["lr"]) == 0.0 and float(rows[-1]["teacher_temp"]) == pytest.approx(0.07)
+    assert all(0.5 < float(r["packing_efficiency"]) <= 1.0 for r in rows)
+
+    model = load_backbone(out / "backbone.pt")
+    from aqqua_geo.foundation.embed import embed_images
+    from aqqua_geo.store import AqquaStore
+
+    store = AqquaStore(uvp6_store)
+    emb = embed_images(model, [store[i] for i in range(5)], [73.0] * 5)
+    assert emb.shape == (5, 64) and np.isfinite(emb).all()
+    # the exported backbone is the EMA teacher at the last step
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert torch.equal(state["teacher.backbone.blocks.0.attn.qkv.weight"], model.blocks[0].attn.qkv.weight)
+
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        pretrain(cfg, uvp6_store, out, progress=False)
+
+
+def test_max_minutes_bounds_the_run(uvp6_store, tiny_cfg, tmp_path):
+    out = pretrain(tiny_cfg("train.max_minutes=0", "train.max_steps=50"), uvp6_store, tmp_path / "run",
+                   progress=False)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 1 and (out / "backbone.pt").is_file()  # stopped after one step, saved
+
+
+def test_inconsistent_token_budgets_are_refused(tiny_cfg):
+    with pytest.raises(ValueError, match="crops.global_max_tokens=100 exceeds model.max_tokens_per_image=64"):
+        check_config(tiny_cfg("crops.global_max_tokens=100"))
+    with pytest.raises(ValueError, match="train.max_tokens_per_row=32 cannot hold one image"):
+        check_config(tiny_cfg("train.max_tokens_per_row=32"))
+
+
+def test_dataset_errors_name_the_object(uvp6_store, tiny_cfg):
+    from aqqua_geo.foundation.data import MultiCropDataset
+    from aqqua_geo.store import AqquaStore
+
+    base = AqquaStore(uvp6_store).torch_dataset()
+    base.pixel_sizes_um = [0.0] * len(base)
+    with pytest.raises(ValueError, match=r"object 'Acantharea__1111/\d+' \(row 0\): pixel_size_um"):
+        MultiCropDataset(base, tiny_cfg())[(0, 0, 0)]
