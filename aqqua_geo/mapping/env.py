@@ -338,13 +338,25 @@ def _add_history(ds: xr.Dataset, what: str) -> xr.Dataset:
 # --- sources -----------------------------------------------------------------------------------
 
 
+def _zarr_is_consolidated(path: Path) -> bool:
+    """Whether a Zarr store has consolidated metadata (v2 ``.zmetadata`` or v3 ``zarr.json``)."""
+    if (path / ".zmetadata").exists():
+        return True
+    meta = path / "zarr.json"
+    if meta.exists():
+        import json
+
+        return json.loads(meta.read_text()).get("consolidated_metadata") is not None
+    return False
+
+
 def _open_path(path: Path, chunks: Any) -> xr.Dataset:
     if not path.exists():
         raise FileNotFoundError(f"environmental cube not found: {path}")
     is_zarr = path.suffix == ".zarr" or (path.is_dir() and ((path / "zarr.json").exists()
                                                            or (path / ".zgroup").exists()))
     if is_zarr:
-        return xr.open_zarr(path, chunks=chunks)
+        return xr.open_zarr(path, chunks=chunks, consolidated=_zarr_is_consolidated(path))
     if path.is_dir():
         raise ValueError(f"{path} is a directory but not a Zarr store")
     return xr.open_dataset(path, chunks=chunks)
@@ -476,7 +488,7 @@ def open_copernicus(
     except Exception as exc:  # the toolbox raises many types, some with empty messages
         raise EnvSourceError(
             f"Copernicus Marine dataset {dataset_id!r} could not be opened: "
-            f"{type(exc).__name__}: {exc or 'no message'}; check the dataset id and credentials ({_LOGIN_HINT})"
+            f"{type(exc).__name__}: {str(exc) or 'no message'}; check the dataset id and credentials ({_LOGIN_HINT})"
         ) from exc
     if ds is None:
         raise EnvSourceError(f"Copernicus Marine returned nothing for {dataset_id!r}: no credentials found; {_LOGIN_HINT}")
