@@ -17,7 +17,7 @@ import pandas as pd
 from aqqua_geo.explore.embeddings import Embeddings, read_embeddings
 from aqqua_geo.explore.images import to_png
 from aqqua_geo.explore.layout import Method, get_layout
-from aqqua_geo.explore.points import EXPORT_COLUMNS, build_table, encode_points, read_predictions
+from aqqua_geo.explore.points import EXPORT_COLUMNS, build_table, check_ids_in_store, encode_points, read_predictions
 
 log = logging.getLogger(__name__)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,120}")
@@ -60,6 +60,7 @@ class Explorer:
 
     def __post_init__(self) -> None:
         self._row = {oid: i for i, oid in enumerate(self.embeddings.object_ids.tolist())}
+        self.table  # join now: embeddings of objects missing from the store fail here, clearly
 
     @classmethod
     def open(cls, store_dir: str | Path, embeddings_path: str | Path, predictions_path: str | Path | None = None,
@@ -70,6 +71,7 @@ class Explorer:
         store = AqquaStore(store_dir)
         emb = read_embeddings(embeddings_path)
         pred = read_predictions(predictions_path) if predictions_path is not None else None
+        check_ids_in_store(store.metadata, emb.object_ids)  # before a long UMAP, not after
         xy = get_layout(emb, method, use_cache=use_cache, **layout_kwargs)
         return cls(store=store, embeddings=emb, predictions=pred, xy=xy, method=method,
                    title=f"aqqua explorer — {Path(store_dir).name}")

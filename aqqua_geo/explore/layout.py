@@ -66,6 +66,7 @@ def compute_layout(vectors: np.ndarray, params: dict) -> np.ndarray:
         n_neighbors = min(params["n_neighbors"], len(x) - 1)
         reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=params["min_dist"],
                             metric=params["metric"], random_state=params["random_state"],
+                            n_jobs=1,  # a seed makes UMAP single-threaded anyway: reproducible layouts
                             low_memory=True, verbose=False)
         xy = reducer.fit_transform(x)
     return np.asarray(xy, dtype=np.float32)

@@ -40,6 +40,13 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def check_ids_in_store(metadata: pd.DataFrame, object_ids: np.ndarray) -> None:
+    """Raise ValueError if some embedded *object_ids* are not rows of the store's *metadata*."""
+    missing = pd.Index(np.asarray(object_ids).astype(str)).difference(metadata["object_id"])
+    if len(missing):
+        raise ValueError(f"{len(missing)} embedded object_id(s) are not in the store, e.g. {missing[0]!r}")
+
+
 def build_table(metadata: pd.DataFrame, object_ids: np.ndarray, xy: np.ndarray,
                 predictions: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per embedded object, in embedding order: ``object_id, x, y``, store metadata
@@ -47,11 +54,9 @@ def build_table(metadata: pd.DataFrame, object_ids: np.ndarray, xy: np.ndarray,
 
     Every embedded object must exist in the store; predictions may cover a subset (NaN elsewhere).
     """
+    check_ids_in_store(metadata, object_ids)
     meta = metadata.drop(columns=[c for c in HIDDEN_COLUMNS if c in metadata.columns]).set_index("object_id")
     ids = pd.Index(np.asarray(object_ids).astype(str), name="object_id")
-    missing = ids.difference(meta.index)
-    if len(missing):
-        raise ValueError(f"{len(missing)} embedded object_id(s) are not in the store, e.g. {missing[0]!r}")
     table = meta.reindex(ids)
     if {"depth_min", "depth_max"} <= set(table.columns):
         table["depth_m"] = (table["depth_min"].astype(float) + table["depth_max"].astype(float)) / 2
