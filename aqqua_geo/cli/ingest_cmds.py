@@ -1,9 +1,101 @@
-"""CLI commands (see aqqua_geo.cli)."""
+"""``aqqua ingest`` and ``aqqua validate``: bring instrument data into an AqQua store."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+_FORMAT_HELP = "ecotaxa (TSV import/export, folder or .zip) | ifcb (raw .hdr/.adc/.roi bins) | folder (images + CSV/Parquet table)"
+
+
+def _pairs(values: list[str] | None, option: str) -> list[str]:
+    out = []
+    for v in values or []:
+        if "=" not in v:
+            raise typer.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint=option)
+        out.append(v)
+    return out
+
+
+def _options(source, constants, positions, pixel_size_um, metadata, mapping, strict, batch_size) -> dict:
+    opts: dict = {"source": source, "constants": _pairs(constants, "--set"), "strict": strict, "batch_size": batch_size}
+    if positions is not None:
+        opts["positions"] = positions
+    if pixel_size_um is not None:
+        opts["pixel_size_um"] = pixel_size_um
+    if metadata is not None:
+        opts["metadata"] = metadata
+    if mapping:
+        opts["mapping"] = dict(p.split("=", 1) for p in _pairs(mapping, "--map"))
+    return opts
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to *app*."""
+    """Add ``ingest`` and ``validate`` to *app*."""
+
+    common = dict(
+        fmt=typer.Option(..., "--format", "-f", help=_FORMAT_HELP),
+        source=typer.Option(None, "--source", help="Source name in the store (default: SRC's name)."),
+        constants=typer.Option(None, "--set", help="Constant for every record, e.g. --set instrument=UVP6 "
+                               "--set pixel_size_um=73 --set datetime=2021-06-01T00:00Z --set lat=43.7 --set depth=50"),
+        positions=typer.Option(None, "--positions", help="IFCB: CSV with bin, lat, lon, depth per bin.", exists=True),
+        pixel_size_um=typer.Option(None, "--pixel-size-um", help="IFCB: µm per pixel (default 1/3.4)."),
+        metadata=typer.Option(None, "--metadata", help="folder: CSV/Parquet table (default SRC.metadata.csv).", exists=True),
+        mapping=typer.Option(None, "--map", help="folder: FIELD=COLUMN, e.g. --map lat=Latitude --map path=file"),
+    )
+
+    @app.command("ingest")
+    def ingest_cmd(
+        src: Path = typer.Argument(..., help="Folder, .zip or file set to ingest.", exists=True),
+        store: Path = typer.Option(..., "--store", "-s", help="Store directory (created if needed)."),
+        fmt: str = common["fmt"],
+        source: Optional[str] = common["source"],
+        constants: Optional[list[str]] = common["constants"],
+        positions: Optional[Path] = common["positions"],
+        pixel_size_um: Optional[float] = common["pixel_size_um"],
+        metadata: Optional[Path] = common["metadata"],
+        mapping: Optional[list[str]] = common["mapping"],
+        strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record; write nothing."),
+        batch_size: int = typer.Option(512, "--batch-size", help="Objects per committed batch."),
+    ) -> None:
+        """Ingest SRC into the store; prints ingested / rejected by reason / duplicates.
+
+        Safe to re-run (idempotent) and to re-run after a crash (resumes).
+        """
+        from aqqua_geo.ingest import IngestError, ingest
+
+        opts = _options(source, constants, positions, pixel_size_um, metadata, mapping, strict, batch_size)
+        try:
+            report = ingest(src, store, fmt=fmt, **opts)
+        except (IngestError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+            _fail(err)
+        typer.echo(report.summary())
+
+    @app.command("validate")
+    def validate_cmd(
+        src: Path = typer.Argument(..., help="Folder, .zip or file set to check.", exists=True),
+        fmt: str = common["fmt"],
+        source: Optional[str] = common["source"],
+        constants: Optional[list[str]] = common["constants"],
+        positions: Optional[Path] = common["positions"],
+        pixel_size_um: Optional[float] = common["pixel_size_um"],
+        metadata: Optional[Path] = common["metadata"],
+        mapping: Optional[list[str]] = common["mapping"],
+        show: int = typer.Option(5, "--show", help="Example messages shown per rejection reason."),
+    ) -> None:
+        """Dry run: what would be ingested and what rejected, and why. Writes nothing."""
+        from aqqua_geo.ingest import validate
+
+        opts = _options(source, constants, positions, pixel_size_um, metadata, mapping, False, 512)
+        try:
+            report = validate(src, fmt=fmt, **opts)
+        except (ValueError, KeyError, FileNotFoundError) as err:
+            _fail(err)
+        typer.echo(report.summary(max_examples=show))

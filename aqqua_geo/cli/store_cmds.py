@@ -1,9 +1,82 @@
-"""CLI commands (see aqqua_geo.cli)."""
+"""``aqqua info``: what is in an AqQua store."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
+def store_info(store_dir: str | Path) -> dict:
+    """Summary of a store: counts per instrument/source, time and space range, labels."""
+    from aqqua_geo.store import AqquaStore
+
+    store = AqquaStore(store_dir)
+    df = store.metadata
+    info: dict = {
+        "path": str(store.path),
+        "format_version": store.manifest["format_version"],
+        "objects": len(df),
+        "rejected": store.manifest["counts"]["rejected"],
+        "duplicates": store.manifest["counts"]["duplicates"],
+        "by_instrument": {k: int(v) for k, v in df["instrument"].value_counts().sort_index().items()},
+        "by_source": {k: int(v) for k, v in df["source"].value_counts().sort_index().items()},
+    }
+    if len(df):
+        labelled = df["label"].notna()
+        info.update(
+            datetime_range=[df["datetime"].min().isoformat(), df["datetime"].max().isoformat()],
+            lat_range=[float(df["lat"].min()), float(df["lat"].max())],
+            lon_range=[float(df["lon"].min()), float(df["lon"].max())],
+            depth_range_m=[float(df["depth_min"].min()), float(df["depth_max"].max())],
+            pixel_size_um_range=[float(df["pixel_size_um"].min()), float(df["pixel_size_um"].max())],
+            labelled=int(labelled.sum()),
+            label_coverage=float(labelled.mean()),
+            label_status={k: int(v) for k, v in df["label_status"].fillna("none").value_counts().items()},
+            n_labels=int(df.loc[labelled, "label"].nunique()),
+            top_labels={k: int(v) for k, v in df.loc[labelled, "label"].value_counts().head(10).items()},
+        )
+    rej = store.rejected()
+    info["rejected_by_reason"] = {k: int(v) for k, v in rej["reason"].value_counts().sort_index().items()}
+    info["shards"] = store.manifest.get("shards", [])
+    return info
+
+
+def _render(info: dict) -> str:
+    lines = [f"AqQua store {info['path']} (format {info['format_version']}): {info['objects']} objects, "
+             f"{info['duplicates']} duplicates, {info['rejected']} rejected records"]
+    for key in ("by_instrument", "by_source"):
+        lines.append(f"  {key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in info[key].items()))
+    if info["objects"]:
+        lines += [
+            f"  dates: {info['datetime_range'][0]} .. {info['datetime_range'][1]}",
+            f"  lat: {info['lat_range'][0]:.4f} .. {info['lat_range'][1]:.4f}   lon: {info['lon_range'][0]:.4f} .. {info['lon_range'][1]:.4f}"
+            f"   depth: {info['depth_range_m'][0]:g} .. {info['depth_range_m'][1]:g} m",
+            f"  pixel size: {info['pixel_size_um_range'][0]:.4g} .. {info['pixel_size_um_range'][1]:.4g} um",
+            f"  labels: {info['labelled']}/{info['objects']} labelled ({100 * info['label_coverage']:.1f} %), "
+            f"{info['n_labels']} distinct; status " + ", ".join(f"{k} {v}" for k, v in info["label_status"].items()),
+            "  top labels: " + ", ".join(f"{k} {v}" for k, v in info["top_labels"].items()),
+        ]
+    if info["rejected_by_reason"]:
+        lines.append("  rejected: " + ", ".join(f"{k} {v}" for k, v in info["rejected_by_reason"].items()))
+    size = sum(s.get("bytes", 0) for s in info["shards"])
+    lines.append(f"  images: {len(info['shards'])} shard(s), {size / 1e6:.2f} MB")
+    return "\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to *app*."""
+    """Add ``info`` to *app*."""
+
+    @app.command("info")
+    def info_cmd(
+        store: Path = typer.Argument(..., help="Store directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    ) -> None:
+        """Counts per instrument/source, date and space range, label coverage of a store."""
+        try:
+            info = store_info(store)
+        except (FileNotFoundError, ValueError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(json.dumps(info, indent=2) if as_json else _render(info))

@@ -85,22 +85,23 @@ def parse_header(text: str) -> dict[str, str]:
     for i, line in enumerate(lines):
         if line.startswith('"'):
             cells = [c.strip().strip('"').strip() for c in line.split('","')]
-            if i + 1 < len(lines) and lines[i + 1].startswith('"') and len(cells) == 1 and " " in cells[0]:
+            if len(cells) == 1 and "=" in cells[0]:
+                k, v = cells[0].split("=", 1)
+                out[k.strip()] = v.strip()
+            elif len(cells) == 1 and " " in cells[0] and i + 1 < len(lines) and lines[i + 1].startswith('"'):
                 names = cells[0].split()
                 values = [c.strip().strip('"').strip() for c in lines[i + 1].split('","')]
                 if len(names) == len(values):
                     out.update(zip(names, values))
-            elif "=" in cells[0] and len(cells) == 1:
-                k, v = cells[0].split("=", 1)
-                out[k.strip()] = v.strip()
         elif ":" in line:
             k, v = line.split(":", 1)
             out[k.strip()] = v.strip()
     return out
 
 
-def read_adc(text: str, schema: int) -> pd.DataFrame:
-    """ADC rows as a DataFrame with the schema's column names (index = 1-based ROI number)."""
+def read_adc(text: str, schema: int, *, as_text: bool = False) -> pd.DataFrame:
+    """ADC rows as a DataFrame with the schema's column names (index = 1-based ROI number);
+    numbers, or the original strings if *as_text*."""
     rows = [ln.rstrip(",").split(",") for ln in text.splitlines() if ln.strip()]
     names = ADC_COLUMNS[schema]
     if not rows:
@@ -110,9 +111,8 @@ def read_adc(text: str, schema: int) -> pd.DataFrame:
         if len(r) < width - (1 if schema == 1 else 0) - (2 if schema == 2 else 0):
             raise ValueError(f"row {i}: {len(r)} columns, V{schema} ADC has {width}")
     df = pd.DataFrame([r[:width] + [""] * (width - len(r)) for r in rows], columns=names)
-    df = df.apply(pd.to_numeric, errors="coerce")
     df.index = np.arange(1, len(df) + 1)
-    return df
+    return df if as_text else df.apply(pd.to_numeric, errors="coerce")
 
 
 def ml_analyzed(adc: pd.DataFrame, header: dict[str, str], schema: int) -> float:
@@ -191,7 +191,9 @@ def _bin_items(tree: SourceTree, adc_name: str, table: dict, pixel_size_um: floa
             return
     try:
         header = parse_header(tree.read_bytes(stem + ".hdr").decode("utf-8", errors="strict"))
-        adc = read_adc(tree.read_bytes(adc_name).decode("ascii"), bid.schema)
+        adc_text = tree.read_bytes(adc_name).decode("ascii")
+        adc = read_adc(adc_text, bid.schema)
+        adc_raw = read_adc(adc_text, bid.schema, as_text=True)
     except UnicodeDecodeError as err:
         yield FileProblem(disp, "bad_encoding", f"{disp}: not ASCII/UTF-8 text ({err.reason} at byte {err.start})")
         return
@@ -221,7 +223,7 @@ def _bin_items(tree: SourceTree, adc_name: str, table: dict, pixel_size_um: floa
     for n, row in rois.iterrows():
         oid = f"{pid}_{int(n):05d}"
         w, h, start = int(row["roiWidth"]), int(row["roiHeight"]), int(row["startByte"])
-        raw = {c: ("" if pd.isna(v) else repr(v) if isinstance(v, float) else str(v)) for c, v in row.items()}
+        raw = dict(adc_raw.loc[n])  # the ADC row as written
         raw.update(hdr_raw, bin=pid, roi_number=str(int(n)), ml_analyzed=repr(ml), pixel_size_um_source=pixel_src,
                    position_source="user table" if pid in table else "header" if lat is not None else "none")
         fields = {
@@ -232,10 +234,10 @@ def _bin_items(tree: SourceTree, adc_name: str, table: dict, pixel_size_um: floa
         item = Item(file=disp, record=f"ROI {int(n)}", object_id=oid, fields=fields, raw=raw)
         if lat is None or lon is None:
             item.errors["lat"] = InvalidRecord(
-                "missing_position", f"{oid}: bin {pid} has no position in its header; pass positions= (CSV bin,lat,lon,depth)"
+                "missing_position", f"{oid}: bin {pid} has no position in its header; give a positions table (--positions CSV: bin,lat,lon,depth)"
             )
         elif depth is None:
-            item.errors["depth_min"] = InvalidRecord("missing_depth", f"{oid}: bin {pid} has no depth; pass positions=")
+            item.errors["depth_min"] = InvalidRecord("missing_depth", f"{oid}: bin {pid} has no depth; give a positions table (--positions)")
         if start + w * h > roi_size:
             item.errors["image"] = InvalidRecord(
                 "truncated_roi", f"{tree.display(roi_name)}: ROI {int(n)} needs bytes {start}..{start + w * h} but the file has {roi_size}"
