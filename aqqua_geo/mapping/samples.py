@@ -144,25 +144,25 @@ def _bin_volumes(df: pd.DataFrame, volume_col: str, volumes: pd.DataFrame | None
     else:
         vol = (df[volume_col] if volume_col in df.columns else pd.Series(np.nan, index=df.index)).astype(float)
         g = df.assign(_v=vol).groupby("_unit")["_v"]
-        units = pd.DataFrame({"_vol": g.max(), "_n": g.nunique(), "_nan": g.apply(lambda x: x.isna().any()),
-                              "_nbins": df.groupby("_unit")[["bin_min", "bin_max"]].apply(
-                                  lambda x: len(x.drop_duplicates()))})
+        rows_per_unit = df[["_unit", "bin_min", "bin_max"]].drop_duplicates().groupby("_unit").size()
+        units = pd.DataFrame({"_vol": g.max(), "_n": g.nunique(), "_nan": vol.isna().groupby(df["_unit"]).any(),
+                              "_nbins": rows_per_unit})
         units["_flag"] = np.select(
             [units["_vol"].isna(), (units["_n"] > 1) | units["_nan"], units["_vol"] <= 0, units["_nbins"] > 1],
             ["missing", "inconsistent", "invalid", "unresolved"], default="ok")
         # one volume per (unit, row): a unit is counted once in every row it falls in
         pairs = df[keys + ["_unit"]].drop_duplicates().join(units[["_vol", "_flag"]], on="_unit")
 
-    def _combine(grp: pd.DataFrame) -> pd.Series:
-        flags = set(grp["_flag"])
-        if flags == {"ok"}:
-            return pd.Series({"sampled_volume_l": grp["_vol"].sum(), "volume_flag": "ok"})
-        for f in ("unresolved", "inconsistent", "invalid"):
-            if f in flags:
-                return pd.Series({"sampled_volume_l": np.nan, "volume_flag": f})
-        return pd.Series({"sampled_volume_l": np.nan, "volume_flag": "missing" if flags == {"missing"} else "partial"})
-
-    return pairs.groupby(keys, dropna=False)[["_vol", "_flag"]].apply(_combine).reset_index()
+    # combine the units of each row: any problem wins, in this order of severity
+    g = pairs.assign(**{f"_{f}": pairs["_flag"] == f for f in ("ok", "missing", "invalid", "inconsistent", "unresolved")}
+                     ).groupby(keys, dropna=False)
+    out = g["_vol"].sum(min_count=1).rename("sampled_volume_l").reset_index()
+    has = {f: g[f"_{f}"].any().to_numpy() for f in ("ok", "missing", "invalid", "inconsistent", "unresolved")}
+    out["volume_flag"] = np.select(
+        [has["unresolved"], has["inconsistent"], has["invalid"], has["missing"] & ~has["ok"], has["missing"]],
+        ["unresolved", "inconsistent", "invalid", "missing", "partial"], default="ok")
+    out.loc[out["volume_flag"] != "ok", "sampled_volume_l"] = np.nan
+    return out
 
 
 def fit_nbss(bin_mid_mm3: np.ndarray, values: np.ndarray, min_bins: int = 3) -> tuple[float, float, float, int]:
@@ -286,11 +286,13 @@ def aggregate(
     if has_bv:
         tot = g[biovolume_col].sum().reindex(idx).fillna(0).to_numpy(dtype=float)
         out["biovolume_mm3_m3"] = tot * _UM3_TO_MM3 / v_m3
-        out["n_missing_biovolume"] = g[biovolume_col].apply(lambda x: x.isna().sum()).reindex(idx).fillna(0).to_numpy(dtype=int)
+        out["n_missing_biovolume"] = (df[biovolume_col].isna().groupby([df[k] for k in keys]).sum()
+                                      .reindex(idx).fillna(0).to_numpy(dtype=int))
     if has_c:
         tot = g[carbon_col].sum().reindex(idx).fillna(0).to_numpy(dtype=float)
         out["carbon_mgC_m3"] = tot * _UGC_TO_MGC / v_m3
-        out["n_missing_carbon"] = g[carbon_col].apply(lambda x: x.isna().sum()).reindex(idx).fillna(0).to_numpy(dtype=int)
+        out["n_missing_carbon"] = (df[carbon_col].isna().groupby([df[k] for k in keys]).sum()
+                                   .reindex(idx).fillna(0).to_numpy(dtype=int))
     if has_bv and esd_col in df.columns:
         fr = np.asarray(size_fractions_um, dtype=float)
         esd = df[esd_col].to_numpy(dtype=float)
