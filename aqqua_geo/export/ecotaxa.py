@@ -182,6 +182,7 @@ def write_ecotaxa(
         raise ValueError(f"write_ecotaxa: status must be predicted, validated or dubious, got {status!r}")
     store = store if isinstance(store, AqquaStore) else AqquaStore(store)
     pred = _prediction_table(predictions_df)
+    store_labels = pred is None  # categories from the store itself (pred may later hold traits only)
     out = Path(out_zip_or_dir)
     as_zip = out.suffix.lower() == ".zip"
 
@@ -253,9 +254,8 @@ def write_ecotaxa(
             when = pd.Timestamp(m["datetime"])
             if when.tzinfo is not None:
                 when = when.tz_convert("UTC")
-            if pred is not None:
-                p = pred.iloc[i]
-                category = _text(p.get("pred_label"))
+            if not store_labels:
+                category = _text(pred.iloc[i].get("pred_label"))
                 row_status = status if category else ""
             else:
                 category = _text(m["label"])

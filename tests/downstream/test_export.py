@@ -167,9 +167,11 @@ def test_directory_export_of_store_labels_and_subset(small_store, tmp_path):
         label = label if isinstance(label, str) else None
         assert r["object_annotation_category"] == (label or "")
         assert r["object_annotation_status"] == ("validated" if label else "")
-    # writing again replaces the bundle
-    write_ecotaxa(small_store, None, out, object_ids=ids[:2], add_traits=False)
-    assert len(read_bundle(out)[2]) == 2
+    # writing again replaces the bundle; store labels are kept when traits are added
+    write_ecotaxa(small_store, None, out, object_ids=ids[:2])
+    header, _, rows, _ = read_bundle(out)
+    assert len(rows) == 2 and "object_esd_um" in header
+    assert [r["object_annotation_category"] for r in rows] == [meta.loc[i, "label"] for i in ids[:2]]
 
 
 def test_cli_body_reads_parquet_and_ids(small_store, predictions, tmp_path):
