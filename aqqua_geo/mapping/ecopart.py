@@ -44,6 +44,9 @@ __all__ = [
     "psd",
     "flux_profile",
     "flux_summary",
+    "volumes_table",
+    "read_zoo",
+    "plot_flux_profiles",
 ]
 
 #: EcoPart's detailed particle size classes (ESD, mm): 45 classes, bounds in a 2^(1/3)
@@ -57,6 +60,7 @@ ECOPART_CLASS_EDGES_MM = np.array([
 ])
 
 _PAR_COLUMNS = ("depth", "imgcount", "area", "nbr")
+_ZOO_COLUMNS = ("objid", "name", "depth_including_offset", "area", "esd")
 _META_REQUIRED = ("profileid", "latitude", "longitude", "sampledate", "acq_aa", "acq_exp", "acq_volimage")
 
 
@@ -256,3 +260,66 @@ def flux_summary(
                 "bin_volume_l": float(ds["volume_l"].where(in_bin, drop=True).values[0]) if bool(in_bin.any()) else np.nan,
             })
     return pd.DataFrame(rows)
+
+
+def volumes_table(cast: EcoPartCast, depth_bin_m: float = 5.0) -> pd.DataFrame:
+    """Imaged volume per depth bin (``sample_id, depth_min, depth_max, volume_l``), the
+    ``volumes=`` argument of :func:`aqqua_geo.mapping.samples.aggregate` for this cast."""
+    ds = psd(cast, depth_bin_m=depth_bin_m)
+    return pd.DataFrame({"sample_id": cast.profile_id, "depth_min": ds["depth_min"].values,
+                         "depth_max": ds["depth_max"].values, "volume_l": ds["volume_l"].values})
+
+
+def read_zoo(cast: EcoPartCast, path: str | Path, pixel_size_mm: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read a cast's ``*_ZOO_raw_*.tsv`` (one row per vignette, ZooProcess features in pixels)
+    as a (predictions, metadata) pair in the package's column conventions.
+
+    The vignettes' labels become ``pred_label``; ``esd_um`` / ``biovolume_um3`` (sphere) use
+    ``acq_pixel`` (mm per pixel) from the metadata summary unless ``pixel_size_mm`` is given.
+    Depths are ``depth_including_offset`` (point depths: pair with :func:`volumes_table`).
+    """
+    path = Path(path)
+    zoo = pd.read_csv(path, sep="\t")
+    missing = [c for c in _ZOO_COLUMNS if c not in zoo.columns]
+    if missing:
+        raise ValueError(f"{path.name}: not an EcoPart ZOO raw table, missing column(s) {missing}")
+    px = pixel_size_mm if pixel_size_mm is not None else float(cast.meta.get("acq_pixel", np.nan))
+    if not np.isfinite(px) or px <= 0:
+        raise ValueError(f"{path.name}: no pixel size (acq_pixel) for cast {cast.profile_id}; pass pixel_size_mm")
+    esd_um = zoo["esd"].to_numpy(dtype=float) * px * 1000.0
+    oid = zoo["objid"].astype(str)
+    pred = pd.DataFrame({"object_id": oid, "pred_label": zoo["name"].astype(str),
+                         "esd_um": esd_um, "biovolume_um3": np.pi / 6.0 * esd_um**3,
+                         "area_um2": zoo["area"].to_numpy(dtype=float) * (px * 1000.0) ** 2})
+    depth = zoo["depth_including_offset"].to_numpy(dtype=float)
+    meta = pd.DataFrame({"object_id": oid, "sample_id": cast.profile_id, "instrument": "UVP5",
+                         "datetime": cast.datetime, "lat": cast.lat, "lon": cast.lon,
+                         "depth_min": depth, "depth_max": depth, "sampled_volume_l": np.nan})
+    return pred, meta
+
+
+def plot_flux_profiles(casts: list[EcoPartCast], path: str | Path, relation: FluxRelation = GUIDI2008,
+                       depth_bin_m: float = 5.0, horizons_m: tuple[float, ...] = (150.0, 200.0)) -> Path:
+    """PNG of each cast's flux profile (mg C m-2 d-1 vs depth) with the export horizons marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(4.5, 6), dpi=120)
+    for cast in casts:
+        f = flux_profile(psd(cast, depth_bin_m=depth_bin_m), relation)
+        ax.plot(f.values, f["depth"].values, label=f"{cast.profile_id} ({cast.datetime:%Y-%m-%d})")
+    for h in horizons_m:
+        ax.axhline(h, color="0.6", lw=0.8, ls="--")
+    ax.invert_yaxis()
+    ax.set_xlabel("POC flux (mg C m$^{-2}$ d$^{-1}$)")
+    ax.set_ylabel("depth (m)")
+    ax.set_title(f"UVP5 flux, A={relation.A}, b={relation.b}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

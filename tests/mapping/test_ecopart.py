@@ -87,3 +87,23 @@ def test_bad_par_files(tmp_path):
         ep.read_par(bad)
     with pytest.raises(FileNotFoundError, match="metadata_summary"):
         ep.read_ecopart(tmp_path)
+
+
+def test_zoo_vignettes_aggregate_with_par_volumes(bundled_data, tmp_path):
+    from aqqua_geo.mapping.samples import aggregate
+
+    folder = bundled_data.path("ecopart_bats361")
+    cast = ep.read_ecopart(folder)[0]
+    pred, meta = ep.read_zoo(cast, next(folder.glob("*ctd5_ZOO_raw*.tsv")))
+    assert len(pred) == 480 and pred["object_id"].is_unique
+    assert pred["esd_um"].iloc[0] == pytest.approx(11.0558127830827 * 0.092 * 1000)
+    vols = ep.volumes_table(cast)
+    out = aggregate(pred, meta, depth_bins=np.arange(0, 601, 100), volumes=vols)
+    assert out["n_objects"].sum() == 480 and set(out["volume_flag"]) == {"ok"}
+    top = out.iloc[0]
+    v = vols[(vols.depth_min + vols.depth_max) / 2 < 100]["volume_l"].sum()
+    assert top["sampled_volume_l"] == pytest.approx(v)
+    n_top = int(((meta.depth_min >= 0) & (meta.depth_min < 100)).sum())
+    assert top["conc_total_m3"] == pytest.approx(n_top / (v / 1000))
+    png = ep.plot_flux_profiles([cast], tmp_path / "flux.png")
+    assert png.stat().st_size > 5000
