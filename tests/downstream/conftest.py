@@ -11,49 +11,45 @@ import pandas as pd
 import pytest
 
 IFCB_BIN = "IFCB5_2012_028_081515"
-IFCB_PIXEL_UM = 1 / 3.4  # WHOI's µm per pixel for IFCB (iRfcb default micron_factor)
 
 
-def read_ifcb_v1_rois(bin_dir: Path) -> dict[int, np.ndarray]:
-    """ROIs of a V1 IFCB bin, by ROI number (1-based ADC row), read with numpy.
+def read_ifcb_rois(bin_dir: Path) -> dict[int, np.ndarray]:
+    """ROIs of an IFCB bin by ROI number (1-based ADC row), via the project's IFCB reader.
 
-    V1 ADC rows: column 12/13 = ROI width/height, column 14 = start byte in the .roi file
-    (0-based here: the file has a 1-byte preamble); pixels are row-major height × width.
-    ROIs of the same trigger (ADC column 1) are stitched into one image on their union box,
-    gaps filled with the median background, as WHOI stitches them before measuring.
+    ROIs of the same trigger are stitched into one image on their union box (gaps filled with
+    the median background), as WHOI stitches V1 bins before measuring them.
     """
-    stem = bin_dir / bin_dir.name
-    adc = np.genfromtxt(stem.with_suffix(".adc"), delimiter=",")
-    raw = stem.with_suffix(".roi").read_bytes()
+    from aqqua_geo.ingest.ifcb import iter_ifcb
+
     rois, boxes = {}, {}
-    for i, row in enumerate(adc, start=1):
-        x, y, w, h, start = (int(v) for v in row[9:14])
-        if w <= 0 or h <= 0:
-            continue
-        rois[i] = np.frombuffer(raw[start : start + w * h], np.uint8).reshape(h, w)
-        boxes[i] = (int(row[0]), x, y, w, h)
+    for item in iter_ifcb(bin_dir):
+        assert item.image is not None, item
+        n = int(item.raw["roi_number"])
+        rois[n] = item.image()
+        boxes[n] = (int(item.raw["trigger"]), int(item.raw["roiX"]), int(item.raw["roiY"]))
     out: dict[int, np.ndarray] = {}
-    for i, (trig, x, y, w, h) in boxes.items():
+    for n, (trig, _, _) in boxes.items():
         group = [j for j, b in boxes.items() if b[0] == trig]
         if len(group) == 1:
-            out[i] = rois[i]
-        elif i == group[0]:
+            out[n] = rois[n]
+        elif n == group[0]:
             x0 = min(boxes[j][1] for j in group)
             y0 = min(boxes[j][2] for j in group)
-            x1 = max(boxes[j][1] + boxes[j][3] for j in group)
-            y1 = max(boxes[j][2] + boxes[j][4] for j in group)
+            x1 = max(boxes[j][1] + rois[j].shape[1] for j in group)
+            y1 = max(boxes[j][2] + rois[j].shape[0] for j in group)
             bg = np.median(np.concatenate([rois[j].ravel() for j in group]))
             canvas = np.full((y1 - y0, x1 - x0), bg, np.uint8)
             for j in group:
-                _, xj, yj, wj, hj = boxes[j]
-                canvas[yj - y0 : yj - y0 + hj, xj - x0 : xj - x0 + wj] = rois[j]
-            out[i] = canvas
+                _, xj, yj = boxes[j]
+                h, w = rois[j].shape
+                canvas[yj - y0 : yj - y0 + h, xj - x0 : xj - x0 + w] = rois[j]
+            out[n] = canvas
     return out
 
 
 @pytest.fixture(scope="session")
 def ifcb_rois(bundled_data) -> dict[int, np.ndarray]:
-    return read_ifcb_v1_rois(bundled_data.path("ifcb") / IFCB_BIN)
+    return read_ifcb_rois(bundled_data.path("ifcb") / IFCB_BIN)
 
 
 @pytest.fixture(scope="session")
