@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -57,6 +58,7 @@ class Explorer:
     method: str
     title: str = "aqqua explorer"
     _row: dict[str, int] = field(init=False, repr=False)
+    _read_lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._row = {oid: i for i, oid in enumerate(self.embeddings.object_ids.tolist())}
@@ -91,7 +93,8 @@ class Explorer:
         return encode_points(self.table, header)
 
     @cached_property
-    def _server_payload(self) -> bytes:
+    def payload(self) -> bytes:
+        """The point payload served by ``/api/points`` (computed once)."""
         return self.points_payload()
 
     def row(self, object_id: str) -> int:
@@ -109,7 +112,9 @@ class Explorer:
     def image_png(self, object_id: str, max_side: int | None = None) -> bytes:
         """The object's image from the store as PNG (native resolution unless *max_side*)."""
         self.row(object_id)
-        png, _ = to_png(self.store.get(object_id), max_side=max_side)
+        with self._read_lock:  # server threads must not race to open the LMDB shards
+            image = self.store.get(object_id)
+        png, _ = to_png(image, max_side=max_side)
         return png
 
     def selection_frame(self, object_ids: list[str]) -> pd.DataFrame:

@@ -81,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif url.path.startswith("/static/"):
                 self._static(url.path.removeprefix("/static/"))
             elif url.path == "/api/points":
-                self._send(ex._server_payload, "application/octet-stream")
+                self._send(ex.payload, "application/octet-stream")
             elif url.path == "/api/coastlines":
                 self._json(land_geojson())
             elif url.path == "/api/object":
@@ -137,6 +137,7 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, export_dir
     """Serve *explorer* until interrupted (Ctrl-C). ``port=0`` picks a free port; *on_ready*
     (if given) is called with the server's URL once it listens."""
     server = ExplorerServer(explorer, export_dir, host, port)
+    explorer.payload  # encode the points before announcing the URL
     if on_ready is not None:
         on_ready(server.url)
     try:

@@ -66,7 +66,7 @@
   // ---------------------------------------------------------------- state ---------------------
   const S = {
     n: 0, ids: [], x: null, y: null, cols: {}, header: null, coast: null,
-    colorBy: null, color: null, faded: null, legend: [],
+    colorBy: null, color: null, faded: null, legend: [], scale: null,
     visible: null, selected: null, nVisible: 0, nSelected: 0,
     view: { cx: 0, cy: 0, scale: 1 }, pointSize: 3, mode: "pan",
     focus: -1, hover: -1, details: { id: null, imageLoaded: false, scaleBarUm: null, source: null },
