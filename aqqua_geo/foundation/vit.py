@@ -221,8 +221,10 @@ class PlanktonViT(nn.Module):
         layout = packed.layout(self.num_prefix_tokens)
         x = self.patch_embed.proj(packed.patches.to(self.patch_embed.proj.weight.dtype))
         if masks is not None:
-            if masks.shape != (packed.n_tokens,):
-                raise ValueError(f"masks has shape {tuple(masks.shape)}, expected ({packed.n_tokens},)")
+            if masks.shape != (packed.n_tokens,) or masks.dtype != torch.bool:
+                raise ValueError(
+                    f"masks must be a bool tensor of shape ({packed.n_tokens},), got {masks.dtype} {tuple(masks.shape)}"
+                )
             x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         x = x + self.pos_embed(packed).to(x.dtype)
         prefix = torch.cat([self.cls_token, self.register_tokens]).to(x.dtype)

@@ -226,3 +226,12 @@ def test_package_exports_are_lazy():
             "from aqqua_geo.foundation import load_backbone, embed_images; print(load_backbone.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "aqqua_geo.foundation.vit"
+
+
+def test_forward_rejects_bad_input():
+    model = _model()
+    pb = pack_images(_images(), PIX, 4, 40, max_tokens_per_image=24)
+    with pytest.raises(ValueError, match=r"masks must be a bool tensor of shape"):
+        model(pb, masks=torch.zeros(pb.n_tokens))
+    with pytest.raises(ValueError, match="the model expects 1, 4"):
+        model(pack_images([torch.rand(1, 16, 16)], [1.0], 8, 40))
