@@ -39,6 +39,7 @@ import pandas as pd
 
 MAX_NUMERIC_OBJECT_FIELDS = 500  # EcoTaxa object free fields n01..n500
 MAX_TEXT_OBJECT_FIELDS = 20  # t01..t20
+_CHUNK = 256  # objects per read/measure batch
 
 # Columns of the predictions table that become predefined EcoTaxa fields, not free ones.
 _PREDICTION_KEYS = {"object_id", "pred_label"}
@@ -140,11 +141,26 @@ def _free_columns(pred: pd.DataFrame | None) -> tuple[list[tuple[str, str]], lis
             numeric.append((col, name))
         else:
             text.append((col, name))
+    return numeric, text
+
+
+def _check_free_columns(numeric: list, text: list) -> None:
     if len(numeric) > MAX_NUMERIC_OBJECT_FIELDS:
         raise ValueError(f"predictions: {len(numeric)} numeric columns, EcoTaxa takes at most {MAX_NUMERIC_OBJECT_FIELDS}")
     if len(text) > MAX_TEXT_OBJECT_FIELDS:
         raise ValueError(f"predictions: {len(text)} text columns, EcoTaxa takes at most {MAX_TEXT_OBJECT_FIELDS}")
-    return numeric, text
+
+
+def _annotation(meta_row: pd.Series, values: pd.Series, store_labels: bool, status: str) -> tuple[str, str]:
+    """(category, status) of one row; both empty or both set, as EcoTaxa requires."""
+    if not store_labels:
+        category = _text(values.get("pred_label"))
+        return category, status if category else ""
+    category = _text(meta_row["label"])
+    st = _text(meta_row["label_status"]) or "validated"
+    if category and st in ("predicted", "validated", "dubious"):
+        return category, st
+    return "", ""
 
 
 def _acquisition_ids(meta: pd.DataFrame) -> pd.Series:
@@ -204,17 +220,14 @@ def write_ecotaxa(
     meta["_acq"] = _acquisition_ids(meta).to_numpy()
     if pred is not None:
         pred = pred.reindex(ids)
-    images = store.get_many(ids)
-
+    trait_cols: list[str] = []
     if add_traits:
-        from aqqua_geo.foundation.traits import TRAIT_KEYS, measure_many
+        from aqqua_geo.foundation.traits import TRAIT_KEYS
 
-        todo = [k for k in TRAIT_KEYS if pred is None or k not in pred.columns]
-        if todo:
-            traits = measure_many(images, meta["pixel_size_um"].to_numpy(), progress=progress)[todo]
-            traits.index = pd.Index(ids, name="object_id")
-            pred = traits if pred is None else pred.join(traits)
+        trait_cols = [k for k in TRAIT_KEYS if pred is None or k not in pred.columns]
     numeric, text = _free_columns(pred)
+    numeric += [(k, ecotaxa_field_name(k)) for k in trait_cols]
+    _check_free_columns(numeric, text)
 
     header = [
         ("img_file_name", "[t]"), ("img_rank", "[f]"), ("object_id", "[t]"),
@@ -230,59 +243,62 @@ def write_ecotaxa(
     ]
     from aqqua_geo import __version__
 
+    software = f"aqqua-geo {__version__}"
     tsv_name = f"ecotaxa_{_safe_file_stem(out.stem if as_zip else out.name)}.tsv"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="EcoTaxa export", unit="obj")
     try:
         (tmp / "images").mkdir()
         used: set[str] = set()
-        rows: list[list[str]] = []
-        it = range(len(ids))
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(it, desc="EcoTaxa export", unit="obj")
-        for i in it:
-            oid = ids[i]
-            m = meta.iloc[i]
-            stem = _safe_file_stem(oid)
-            fname, k = f"{stem}.png", 1
-            while fname.lower() in used:
-                fname, k = f"{stem}_{k}.png", k + 1
-            used.add(fname.lower())
-            (tmp / "images" / fname).write_bytes(_png_bytes(images[i]))
-            when = pd.Timestamp(m["datetime"])
-            if when.tzinfo is not None:
-                when = when.tz_convert("UTC")
-            if not store_labels:
-                category = _text(pred.iloc[i].get("pred_label"))
-                row_status = status if category else ""
-            else:
-                category = _text(m["label"])
-                st = _text(m["label_status"]) or "validated"
-                row_status = st if category and st in ("predicted", "validated", "dubious") else ""
-                category = category if row_status else ""
-            rows.append(
-                [
-                    f"images/{fname}", "0", oid,
-                    _number(m["lat"]), _number(m["lon"]),
-                    when.strftime("%Y%m%d") if not pd.isna(when) else "",
-                    when.strftime("%H%M%S") if not pd.isna(when) else "",
-                    _number(m["depth_min"]), _number(m["depth_max"]),
-                    category, row_status,
-                    _number(m["pixel_size_um"]), _number(m["sampled_volume_l"]),
-                    *[_number(pred.iloc[i][c]) for c, _ in numeric],
-                    *[_text(pred.iloc[i][c]) for c, _ in text],
-                    m["_sample"], _text(m["source"]),
-                    m["_acq"], _text(m["instrument"]),
-                    m["_acq"], _number(m["pixel_size_um"]), f"aqqua-geo {__version__}",
-                ]
-            )
         with open(tmp / tsv_name, "w", encoding="utf-8-sig", newline="") as fh:
             writer = csv.writer(fh, delimiter="\t", quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
             writer.writerow([h for h, _ in header])
             writer.writerow([t for _, t in header])
-            writer.writerows(rows)
+            # chunks bound memory: images and traits of one chunk at a time
+            for lo in range(0, len(ids), _CHUNK):
+                hi = min(lo + _CHUNK, len(ids))
+                images = store.get_many(ids[lo:hi])
+                values = pred.iloc[lo:hi] if pred is not None else pd.DataFrame(index=ids[lo:hi])
+                if trait_cols:
+                    from aqqua_geo.foundation.traits import measure_many
+
+                    traits = measure_many(images, meta["pixel_size_um"].to_numpy()[lo:hi])[trait_cols]
+                    values = pd.concat([values.reset_index(drop=True), traits], axis=1)
+                for j, image in enumerate(images):
+                    i = lo + j
+                    oid, m, v = ids[i], meta.iloc[i], values.iloc[j]
+                    stem = _safe_file_stem(oid)
+                    fname, k = f"{stem}.png", 1
+                    while fname.lower() in used:
+                        fname, k = f"{stem}_{k}.png", k + 1
+                    used.add(fname.lower())
+                    (tmp / "images" / fname).write_bytes(_png_bytes(image))
+                    category, row_status = _annotation(m, v, store_labels, status)
+                    when = pd.Timestamp(m["datetime"])
+                    when = when.tz_convert("UTC") if when.tzinfo is not None else when
+                    writer.writerow(
+                        [
+                            f"images/{fname}", "0", oid,
+                            _number(m["lat"]), _number(m["lon"]),
+                            "" if pd.isna(when) else when.strftime("%Y%m%d"),
+                            "" if pd.isna(when) else when.strftime("%H%M%S"),
+                            _number(m["depth_min"]), _number(m["depth_max"]),
+                            category, row_status,
+                            _number(m["pixel_size_um"]), _number(m["sampled_volume_l"]),
+                            *[_number(v[c]) for c, _ in numeric],
+                            *[_text(v[c]) for c, _ in text],
+                            m["_sample"], _text(m["source"]),
+                            m["_acq"], _text(m["instrument"]),
+                            m["_acq"], _number(m["pixel_size_um"]), software,
+                        ]
+                    )
+                if bar is not None:
+                    bar.update(hi - lo)
         if as_zip:
             tmp_zip = out.with_name(f".{out.name}.tmp")
             with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -292,14 +308,19 @@ def write_ecotaxa(
             os.replace(tmp_zip, out)
             shutil.rmtree(tmp)
         else:
-            if out.exists():
+            if out.is_dir():
                 shutil.rmtree(out)
+            elif out.exists():
+                out.unlink()
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if as_zip:
             out.with_name(f".{out.name}.tmp").unlink(missing_ok=True)
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 

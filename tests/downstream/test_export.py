@@ -153,6 +153,13 @@ def test_zip_bundle_follows_ecotaxa_rules(small_store, predictions, tmp_path):
     assert len({r["acq_id"] for r in rows}) == 3  # one per (sample, instrument, pixel size)
 
 
+def test_chunked_export_is_identical(small_store, predictions, tmp_path, monkeypatch):
+    whole = read_bundle(write_ecotaxa(small_store, predictions, tmp_path / "whole"))
+    monkeypatch.setattr(ex, "_CHUNK", 4)  # 9 objects -> chunks of 4, 4, 1
+    chunked = read_bundle(write_ecotaxa(small_store, predictions, tmp_path / "chunked"))
+    assert chunked == whole
+
+
 def test_directory_export_of_store_labels_and_subset(small_store, tmp_path):
     ids = small_store.object_ids[::-1][:4]
     out = write_ecotaxa(small_store.path, None, tmp_path / "bundle", object_ids=ids, add_traits=False)
