@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -200,12 +201,27 @@ def _spectra(df: pd.DataFrame, edges_mm3: np.ndarray, biovolume_col: str) -> tup
     return mat, keys
 
 
+def _metadata_frame(metadata: Any) -> pd.DataFrame:
+    """Accept a metadata DataFrame, an ``AqquaStore`` or the path of a store directory."""
+    if isinstance(metadata, pd.DataFrame):
+        return metadata
+    if isinstance(metadata, (str, Path)):
+        from aqqua_geo.store import AqquaStore
+
+        return AqquaStore(metadata).metadata
+    if hasattr(metadata, "metadata") and isinstance(metadata.metadata, pd.DataFrame):
+        return metadata.metadata
+    raise TypeError(f"metadata must be a DataFrame, an AqquaStore or a store path, not {type(metadata).__name__}")
+
+
 def aggregate(
     predictions: pd.DataFrame,
-    metadata: pd.DataFrame,
+    metadata: pd.DataFrame | Any,
     depth_bins: Sequence[float] | None = None,
     group_col: str = "pred_label",
     *,
+    diversity: bool = False,
+    rarefy_to: int | None = None,
     volume_col: str = "sampled_volume_l",
     volumes: pd.DataFrame | None = None,
     groups: Sequence[str] | None = None,
@@ -227,9 +243,13 @@ def aggregate(
     sampled_volume_l, volume_flag``; per group ``n_<g>, rel_<g>, conc_<g>_m3,
     biovolume_<g>_mm3_m3, carbon_<g>_mgC_m3``; totals ``conc_total_m3, biovolume_mm3_m3,
     carbon_mgC_m3``; ``frac_biovol_<lo>_<hi>um`` size fractions; ``nbss_slope,
-    nbss_intercept, nbss_r2, nbss_n_bins``.
+    nbss_intercept, nbss_r2, nbss_n_bins``. ``metadata`` may also be an ``AqquaStore`` or a
+    store path. ``diversity=True`` appends the :func:`aqqua_geo.mapping.diversity.diversity_table`
+    indices of the per-group counts (``richness, shannon, simpson, gini_simpson,
+    inverse_simpson, pielou, chao1, hill_q0/1/2`` and ``rarefied_richness_<n>`` with
+    ``rarefy_to``); restrict ``groups`` to taxa to keep artefacts/detritus out of them.
     """
-    df = _assign_bins(_join(predictions, metadata), depth_bins, volumes)
+    df = _assign_bins(_join(predictions, _metadata_frame(metadata)), depth_bins, volumes)
     if group_col not in df.columns:
         raise KeyError(f"group column {group_col!r} not in predictions/metadata")
     vols = _bin_volumes(df, volume_col, volumes, depth_bins)
@@ -314,6 +334,12 @@ def aggregate(
         out["nbss_intercept"] = np.array([f[1] for f in fits]) - np.log10(v_m3)
         out["nbss_r2"] = [f[2] for f in fits]
         out["nbss_n_bins"] = [f[3] for f in fits]
+    if diversity:
+        from aqqua_geo.mapping.diversity import diversity_table
+
+        counts = out[[f"n_{_safe(gname)}" for gname in all_groups]].to_numpy(dtype=float)
+        div = diversity_table(counts, rarefy_to=rarefy_to, index=out.index).drop(columns="n_individuals")
+        out = pd.concat([out, div], axis=1)
     out = out.rename(columns={"bin_min": "depth_min", "bin_max": "depth_max"})
     return out
 
@@ -333,7 +359,7 @@ def nbss(
     ``nbss_m3`` = biovolume in the bin (mm3) / bin width (mm3) / sampled volume (m3), in m-3;
     NaN where the volume is not usable (see ``volume_flag``). Empty size bins are kept (0).
     """
-    df = _assign_bins(_join(predictions, metadata), depth_bins, volumes)
+    df = _assign_bins(_join(predictions, _metadata_frame(metadata)), depth_bins, volumes)
     if biovolume_col not in df.columns:
         raise KeyError(f"biovolume column {biovolume_col!r} not in predictions")
     edges = np.asarray(edges_mm3, dtype=float)

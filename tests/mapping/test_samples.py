@@ -156,3 +156,31 @@ def test_bad_inputs():
         out = aggregate(pred, meta, depth_bins=[0, 100])
     assert any("outside the depth bins" in str(x.message) for x in w)
     assert out["n_objects"].sum() == 5
+
+
+def test_diversity_columns_match_counts():
+    pred, meta = _tables()
+    out = aggregate(pred, meta, diversity=True, rarefy_to=2).set_index(["sample_id", "depth_min"])
+    row = out.loc[("s1", 100.0)]  # one copepod, one rhizarian
+    assert row["richness"] == 2 and row["shannon"] == pytest.approx(math.log(2))
+    assert row["hill_q2"] == pytest.approx(2.0) and row["rarefied_richness_2"] == pytest.approx(1.0 + 1.0)
+    assert out.loc[("s3", 0.0), "richness"] == 1
+
+
+def test_store_directory_as_metadata(bundled_data, tmp_path):
+    from aqqua_geo.ingest import ingest
+    from aqqua_geo.store import AqquaStore
+
+    store_dir = tmp_path / "store"
+    ingest(bundled_data.path("ecotaxa_m106"), store_dir, fmt="ecotaxa")
+    meta = AqquaStore(store_dir).metadata
+    pred = pd.DataFrame({"object_id": meta["object_id"], "pred_label": meta["label"].fillna("unknown")})
+    out = aggregate(pred, store_dir, diversity=True)
+    assert out["n_objects"].sum() == len(meta)
+    assert set(out["sample_id"]) == set(meta["sample_id"])
+    # the M106 EcoTaxa fixture has no sampled volume: relative measures only, flagged
+    assert set(out["volume_flag"]) == {"missing"} and out["conc_total_m3"].isna().all()
+    assert out[[c for c in out.columns if c.startswith("rel_")]].sum(axis=1).to_numpy() == pytest.approx(1.0)
+    assert out["richness"].ge(1).all()
+    with pytest.raises(TypeError, match="AqquaStore or a store path"):
+        aggregate(pred, 42)
