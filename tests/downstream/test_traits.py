@@ -204,7 +204,7 @@ def test_trait_regressor_learns_traits_from_embeddings(kind):
     w = rng.normal(size=(32, 2))
     y = pd.DataFrame(X @ w + 0.1 * rng.normal(size=(400, 2)), columns=["a", "b"])
     y.iloc[:5, 0] = np.nan  # rows without a label are ignored
-    reg = TraitRegressor(kind=kind).fit(X[:300], y[:300])
+    reg = TraitRegressor(kind=kind, hidden_layer_sizes=(32,)).fit(X[:300], y[:300])
     r2 = reg.score(X[300:], y[300:])
     assert set(r2) == {"a", "b"} and min(r2.values()) > (0.95 if kind == "ridge" else 0.8)
     assert reg.predict(X[300:]).shape == (100, 2)
