@@ -4,27 +4,27 @@ Each object's (predicted or validated) EcoTaxa category is mapped to a *carbon g
 packaged table ``carbon_groups.csv`` (name → group, matched case-insensitively on the category and
 then on its parents), and the group's relation turns its size traits into carbon:
 
-=============== ============================ =====================================================
-group           relation (``carbon_relation``) formula (inputs from :mod:`~aqqua_geo.foundation.traits`)
-=============== ============================ =====================================================
-diatom          ``mdl2000_diatom``            C[pg] = 0.288·V^0.811, V[µm³] ≤ 3000          (1) [V]
-                ``mdl2000_diatom_large``      C[pg] = 0.117·V^0.881, V[µm³] > 3000          (1) [V]
-dinoflagellate  ``mdl2000_dinoflagellate``    C[pg] = 0.760·V^0.819                         (1) [P]
-protist         ``mdl2000_protist``           C[pg] = 0.216·V^0.939 (protists except diatoms)(1) [V]
-rhizaria        ``mdl2000_protist_rhizaria``  same as protist, extrapolated to mm-sized cells (1) [M]
-copepod         ``lhl2009_copepod``           DW[µg] = 45.25·S^1.59, S[mm²]; C = 0.4·DW  (2)(5) [M]
-chaetognath     ``lhl2009_chaetognath``       DW[µg] = 23.45·S^1.19; C = 0.4·DW          (2)(5) [M]
-crustacean      ``lhl2009_general``           DW[µg] = 43.38·S^1.54; C = 0.4·DW          (2)(5) [M]
-gelatinous      ``gelatinous_0.005mgC_mm3``   C[mg] = 0.005·V[mm³]                          (3) [M]
-metazoan        ``gallienne2001``             C[mg] = 0.0475·V[mm³]                         (4) [V]
-detritus        ``alldredge1998``             C[µg] = 0.99·V^0.52, V[mm³] (spherical volume) (6) [M]
-not_living      ``none``                      NaN (bubbles, out-of-focus objects, artefacts)
-unknown         ``gallienne2001`` (fallback)  or NaN with ``unknown="nan"``
-=============== ============================ =====================================================
+::
+
+    group           carbon_relation             formula                                     ref  status
+    diatom          mdl2000_diatom              C[pg] = 0.288·V^0.811, V[µm³] ≤ 3000         (1)  [V]
+                    mdl2000_diatom_large        C[pg] = 0.117·V^0.881, V[µm³] > 3000         (1)  [V]
+    dinoflagellate  mdl2000_dinoflagellate      C[pg] = 0.760·V^0.819                        (1)  [P]
+    protist         mdl2000_protist             C[pg] = 0.216·V^0.939 (non-diatom protists)  (1)  [V]
+    rhizaria        mdl2000_protist_rhizaria    as protist, extrapolated to mm-sized cells   (1)  [M]
+    copepod         lhl2009_copepod             DW[µg] = 45.25·S^1.59, S[mm²]; C = 0.4·DW    (2,5) [M]
+    chaetognath     lhl2009_chaetognath         DW[µg] = 23.45·S^1.19; C = 0.4·DW            (2,5) [M]
+    crustacean      lhl2009_general             DW[µg] = 43.38·S^1.54; C = 0.4·DW            (2,5) [M]
+    gelatinous      gelatinous_0.005mgC_mm3     C[mg] = 0.005·V[mm³]                         (3)  [M]
+    metazoan        gallienne2001               C[mg] = 0.0475·V[mm³]                        (4)  [V]
+    detritus        alldredge1998               C[µg] = 0.99·Vs^0.52, Vs[mm³] spherical      (6)  [M]
+    not_living      none                        NaN (bubbles, out-of-focus objects, artefacts)
+    unknown         gallienne2001 (fallback)    or NaN with unknown="nan"
 
 MDL2000 coefficients are applied in their published log form (log10 a = −0.541, −0.933, −0.665);
-0.288, 0.117 and 0.216 above are rounded. V is the ellipsoidal biovolume (``biovolume_um3``) unless said otherwise, S the projected area
-(``area_um2``). Verification status: [V] coefficients read in published code (iRfcb
+0.288, 0.117 and 0.216 above are rounded. V is the ellipsoidal biovolume (``biovolume_um3``), Vs
+the spherical one (``biovolume_sph_um3``), S the projected area (``area_um2``), all from
+:mod:`aqqua_geo.foundation.traits`. Verification status: [V] coefficients read in published code (iRfcb
 ``vol2C_diatom``/``vol2C_lgdiatom``/``vol2C_nondiatom``; OPC_Toolbox quoting Basedow et al. 2014),
 [P] read in the paper's abstract, [M] literature values quoted from memory or from a script that
 itself asks for checking: confirm against the papers before publishing numbers that rely on them.

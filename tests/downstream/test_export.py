@@ -264,3 +264,18 @@ def test_round_trip_through_the_ecotaxa_ingestor(small_store, predictions, tmp_p
         assert (a["label"] if isinstance(a["label"], str) else None) == expected
         assert a["label_status"] == ("predicted" if expected else "unlabelled")
     assert report is not None
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_numbers_round_trip_exactly(x):
+    cell = ex._number(x)
+    if x != x or x in (float("inf"), float("-inf")):
+        assert cell == ""
+    else:
+        assert float(cell) == x and "\t" not in cell
+
+
+@given(st.text())
+def test_text_cells_never_break_the_tsv(value):
+    cell = ex._text(value)
+    assert not set(cell) & {"\t", "\n", "\r"} and cell == cell.strip()
