@@ -91,12 +91,17 @@ def pca_explorer(explore_data):
                          method="pca", use_cache=False)
 
 
+def require_chromium(path: Path) -> None:
+    """Fail (never skip) when the browser is missing: CI must install it."""
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the explorer's browser tests need Debian's Chromium; "
+                    "install it with `apt-get install -y chromium` (never `playwright install`)", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Headless Debian Chromium driven by Playwright (never a downloaded browser)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the explorer's browser tests need Debian's Chromium; "
-                    "install it with `apt-get install -y chromium` (never `playwright install`)")
+    require_chromium(CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

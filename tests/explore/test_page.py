@@ -10,7 +10,7 @@ from matplotlib.path import Path as PolygonPath
 from aqqua_geo.explore.server import ExplorerServer
 from aqqua_geo.explore.static_site import image_rows, write_static
 
-from .conftest import wait_ready
+from .conftest import require_chromium, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -86,6 +86,11 @@ def _drag(page, points: list[dict]) -> None:
     for p in points[1:]:
         page.mouse.move(p["x"], p["y"], steps=4)
     page.mouse.up()
+
+
+def test_missing_chromium_fails_with_install_hint(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium"):
+        require_chromium(tmp_path / "no-chromium")
 
 
 # ---------------------------------------------------------------- static folder (file://) -------

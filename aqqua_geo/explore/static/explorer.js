@@ -206,7 +206,7 @@
     drawOverlay();
     S.renderMs.push(performance.now() - t0);
     if (S.renderMs.length > 50) S.renderMs.shift();
-    drawMap();
+    if (mapDirty) drawMap();
   }
   function requestRender() {
     if (framePending) return;
@@ -288,7 +288,7 @@
       if (!ok) S.selected[i] = 0; // a hidden point cannot stay selected
       ns += S.selected[i];
     }
-    S.nVisible = nv; S.nSelected = ns;
+    S.nVisible = nv; S.nSelected = ns; mapDirty = true;
     if (S.focus >= 0 && !vis[S.focus]) S.focus = -1;
     updateCounts(); requestRender();
   }
@@ -361,7 +361,7 @@
   }
   function recount() {
     let ns = 0; for (let i = 0; i < S.n; i++) ns += S.selected[i];
-    S.nSelected = ns; updateCounts(); requestRender();
+    S.nSelected = ns; mapDirty = true; updateCounts(); requestRender();
   }
   function selectedIds() { const out = []; for (let i = 0; i < S.n; i++) if (S.selected[i]) out.push(S.ids[i]); return out; }
 
@@ -432,7 +432,7 @@
     return rec;
   }
   async function showDetails(i) {
-    S.focus = i; requestRender();
+    S.focus = i; mapDirty = true; requestRender();
     const id = S.ids[i];
     S.details = { id, imageLoaded: false, scaleBarUm: null, source: null };
     $("details-empty").hidden = true; $("details-figure").hidden = false;
@@ -459,10 +459,11 @@
 
   // ---------------------------------------------------------------- world map -----------------
   const map = $("worldmap");
-  let mapDrag = null;
+  let mapDrag = null, mapDirty = true, mapSeen = null; // redraw only when filter/selection/focus change
   function mapSize() { const r = map.getBoundingClientRect(), d = window.devicePixelRatio || 1; return [Math.round(r.width * d), Math.round(r.height * d), d]; }
   function drawMap() {
     if (!S.coast) return;
+    mapDirty = false;
     const [mw, mh, d] = mapSize();
     if (map.width !== mw || map.height !== mh) { map.width = mw; map.height = mh; }
     const m = map.getContext("2d"), X = (lon) => ((lon + 180) / 360) * mw, Y = (lat) => ((90 - lat) / 180) * mh;
@@ -476,15 +477,17 @@
     m.fillStyle = "#c9c9c0"; m.fill("evenodd"); m.strokeStyle = "#9a9a90"; m.lineWidth = 0.5 * d; m.stroke();
     const lat = S.cols.lat, lon = S.cols.lon;
     if (lat && lon) {
-      const sel = S.nSelected > 0, r = 2 * d, drawn = new Set();
+      const sel = S.nSelected > 0, r = 2 * d;
+      if (!mapSeen || mapSeen.length !== mw * mh) mapSeen = new Uint8Array(mw * mh);
+      mapSeen.fill(0);
       m.fillStyle = sel ? "#d62728" : "#1f3b73";
       for (let i = 0; i < S.n; i++) {
         if (!S.visible[i] || (sel && !S.selected[i])) continue;
         const la = lat.data[i], lo = lon.data[i];
         if (!Number.isFinite(la) || !Number.isFinite(lo)) continue;
-        const px = Math.round(X(lo)), py = Math.round(Y(la)), key = py * mw + px; // one dot per pixel
-        if (drawn.has(key)) continue;
-        drawn.add(key); m.fillRect(px - r, py - r, 2 * r, 2 * r);
+        const px = Math.min(mw - 1, Math.round(X(lo))), py = Math.min(mh - 1, Math.round(Y(la))), key = py * mw + px;
+        if (mapSeen[key]) continue; // one dot per map pixel, however many objects share it
+        mapSeen[key] = 1; m.fillRect(px - r, py - r, 2 * r, 2 * r);
       }
       if (S.focus >= 0 && Number.isFinite(lat.data[S.focus])) {
         m.beginPath(); m.arc(X(lon.data[S.focus]), Y(lat.data[S.focus]), 5 * d, 0, 2 * Math.PI);
@@ -579,7 +582,7 @@
     $("point-size").addEventListener("input", (e) => { S.pointSize = +e.target.value; requestRender(); });
     $("color-by").addEventListener("change", (e) => setColorBy(e.target.value));
     $("details-image").addEventListener("load", updateScaleBar);
-    window.addEventListener("resize", () => { resize(); requestRender(); updateScaleBar(); });
+    window.addEventListener("resize", () => { resize(); mapDirty = true; requestRender(); updateScaleBar(); });
   }
   function setMode(mode) {
     S.mode = mode;
