@@ -89,11 +89,14 @@ def register(app: typer.Typer) -> None:
         metadata: Optional[Path] = common["metadata"],
         mapping: Optional[list[str]] = common["mapping"],
         show: int = typer.Option(5, "--show", help="Example messages shown per rejection reason."),
+        store: Optional[Path] = typer.Option(None, "--store", "-s", help="Also check against this existing store."),
     ) -> None:
         """Dry run: what would be ingested and what rejected, and why. Writes nothing."""
         from aqqua_geo.ingest import validate
 
         opts = _options(source, constants, positions, pixel_size_um, metadata, mapping, False, 512)
+        if store is not None:
+            opts["against_store"] = store
         try:
             report = validate(src, fmt=fmt, **opts)
         except (ValueError, KeyError, FileNotFoundError) as err:

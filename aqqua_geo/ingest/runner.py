@@ -149,7 +149,8 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
                           dry_run=store_dir is None)
     t0 = time.perf_counter()
     store_dir = None if store_dir is None else Path(store_dir)
-    items = _iterator(src, fmt, options, store_dir)
+    context = store_dir or (Path(options["against_store"]) if options.get("against_store") else None)
+    items = _iterator(src, fmt, options, context)
     writer = None
     if store_dir is not None:
         writer = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(src.resolve()),
@@ -157,6 +158,14 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
         writer.open()
     seen_ids: set[str] = set()
     seen_hashes: dict[str, tuple[str, str | None]] = {}
+    known: dict[str, str] = {}  # dry run into an existing store: object id → content hash
+    against = options.get("against_store")
+    if writer is None and against and (Path(against) / "manifest.json").is_file():
+        from aqqua_geo.store import AqquaStore
+
+        table = AqquaStore(against).table
+        known = dict(zip(table.column("object_id").to_pylist(), table.column("content_hash").to_pylist()))
+        seen_hashes.update({h: (oid, None) for oid, h in known.items()})
 
     def reject(file: str, record: str, reason: str, detail: str, raw=None, object_id=None) -> None:
         if strict:
@@ -195,7 +204,7 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
                 if writer is not None:
                     outcome = writer.add(oid, image, record, item.raw)
                 else:
-                    outcome = _dry_add(oid, image, record, source, seen_hashes, report)
+                    outcome = _dry_add(oid, image, record, source, seen_hashes, known, report)
             except InvalidRecord as err:
                 reject(item.file, item.record, err.reason, _where(item, err.detail), item.raw, oid)
                 continue
@@ -215,9 +224,15 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
     return report
 
 
-def _dry_add(oid, image: np.ndarray, record: dict, source: str, seen: dict, report: IngestReport) -> str:
-    row = check_record(oid, {**record, "source": source})
+def _dry_add(oid, image: np.ndarray, record: dict, source: str, seen: dict, known: dict, report: IngestReport) -> str:
+    """What :meth:`StoreWriter.add` would answer, without writing."""
     digest = codec.content_hash(image)
+    if oid in known:
+        if known[oid] != digest:
+            raise InvalidRecord("duplicate_object_id", f"{oid}: object id already in the store with different pixels")
+        report.exists += 1
+        return "exists"
+    row = check_record(oid, {**record, "source": source})
     if digest in seen:
         report.duplicates += 1
         kept_label = seen[digest][1]
@@ -240,13 +255,17 @@ def ingest(src: str | Path, store_dir: str | Path, fmt: str = "ecotaxa", **optio
     """
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: use one of {FORMATS}")
-    if options.get("strict"):
-        _run(src, fmt, None, **{**options, "progress": False})  # raises before anything is written
+    if options.get("strict"):  # a dry run first: raises before anything is written
+        _run(src, fmt, None, **{**options, "progress": False, "against_store": store_dir})
     return _run(src, fmt, store_dir, **options)
 
 
 def validate(src: str | Path, fmt: str = "ecotaxa", **options: Any) -> IngestReport:
-    """Dry run of :func:`ingest`: what would be ingested and rejected, and why. Writes nothing."""
+    """Dry run of :func:`ingest`: what would be ingested and rejected, and why. Writes nothing.
+
+    With ``against_store=DIR`` the objects already in that store count as ``exists`` (or, with other
+    pixels under the same id, as ``duplicate_object_id``).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: use one of {FORMATS}")
     return _run(src, fmt, None, **options)

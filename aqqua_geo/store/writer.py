@@ -294,7 +294,8 @@ class StoreWriter:
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if sum(len(v) for v in self._rows.values()) >= self.batch_size:
+        records = len(self._rows["metadata"]) + len(self._rows["duplicates"]) + len(self._rows["rejected"])
+        if records >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
