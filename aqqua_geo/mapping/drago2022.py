@@ -294,7 +294,7 @@ def evaluate_taxon(
     split: tuple[np.ndarray, np.ndarray] | None = None,
     spatial_members: int = 10,
     block_deg: float = 10.0,
-    nthread: int = 2,
+    nthread: int = 1,
     seed: int = 0,
     target: str = "biomass_sph",
 ) -> dict[str, Any]:
@@ -354,7 +354,7 @@ def reproduce(
     taxa: str | list[str] | None = "all",
     n_resamples: int = 100,
     n_resamples_other: int = 20,
-    nthread: int = 2,
+    nthread: int = 1,
     out_dir: str | Path | None = None,
     grid_other: dict[str, list] | None = None,
     progress: bool = True,

@@ -243,6 +243,9 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
         of the rows; ``"kfold"``: members fit the training parts of repeated quantile-stratified
         ``n_splits``-fold splits (Drago et al.'s 5 × 20 = 100 resamples); ``"none"``: all rows,
         different seeds (spread from ``subsample`` only).
+    nthread : xgboost threads per booster. 1 by default: for habitat-model tables (10²–10⁵ rows)
+        threads barely help and OpenMP spin-waiting on a busy machine makes 2 threads up to
+        100× slower; grid prediction gets its parallelism from Dask chunks instead.
     """
 
     def __init__(
@@ -263,7 +266,7 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
         n_members: int = 10,
         resampling: str = "bootstrap",
         features: Sequence[str] | None = None,
-        nthread: int = 2,
+        nthread: int = 1,
         random_state: int = 0,
         progress: bool = False,
     ) -> None:

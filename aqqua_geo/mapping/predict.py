@@ -25,6 +25,7 @@ from aqqua_geo.mapping import cf
 from aqqua_geo.mapping.model import BRTEnsemble
 
 PROGRESS_SUFFIX = ".regions"  # sibling folder of region markers: the store holds only zarr files
+CANONICAL_ORDER = ("time", "month", "depth", "lat", "lon")
 MG_PER_PG = 1e18  # 1 Pg = 1e15 g = 1e18 mg
 
 
@@ -96,7 +97,9 @@ def predict_lazy(models: BRTEnsemble | Mapping[str, Any], cube: xr.Dataset,
     if missing:
         raise KeyError(f"cube lacks feature variable(s) {missing}")
     fields = dict(zip(feats, xr.broadcast(*(cube[f] for f in feats))))
-    dims = fields[feats[0]].dims
+    # CF/COARDS order T, Z, Y, X (broadcasting may have put time last)
+    dims = tuple(sorted(fields[feats[0]].dims, key=lambda d: (CANONICAL_ORDER + (d,)).index(d)))
+    fields = {k: v.transpose(*dims) for k, v in fields.items()}
     spec = {d: -1 for d in dims}
     spec.update({"lat": 180, "lon": 360} if "lat" in dims and "lon" in dims else {})
     spec.update({d: 1 for d in dims if d not in ("lat", "lon")})
