@@ -45,6 +45,7 @@ def test_umap_layout_keeps_classes_together_and_is_cached(umap_explorer, explore
     np.testing.assert_array_equal(again.xy, xy)
 
 
+@pytest.mark.browser
 def test_umap_static_page(umap_explorer, page, tmp_path, screenshot):
     index = write_static(umap_explorer, tmp_path / "site", progress=False)
     page.goto(index.as_uri())
