@@ -159,7 +159,7 @@ def benchmark(model: Annotated[list[Path], typer.Option("--model", "-m", help="B
         table.add_column(c, justify="left" if c in ("model", "method") else "right")
     for _, r in rows.iterrows():
         table.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
-    Console().print(table)
+    Console(width=max(Console().width, 110)).print(table)
     typer.echo(f"leaderboard: {Path(leaderboard or out) / 'leaderboard.md'}")
 
 

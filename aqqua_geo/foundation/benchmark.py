@@ -4,8 +4,8 @@ For every model, on one deterministic stratified split (seeded) of the store's l
 objects (the store has already dropped pixel-duplicates such as the UVP6 ``darksphere``
 copies, so labels come from the kept objects):
 
-- k-NN (DINOv2 protocol: cosine, k = 20, T = 0.07) and a linear probe on frozen CLS
-  embeddings: top-1 accuracy, balanced accuracy, macro-F1, per-class report (CSV) and a
+- k-NN (DINOv2 protocol: cosine, k = 20, T = 0.07; method ``knn20``) and a linear probe
+  (``linear``) on frozen CLS embeddings: top-1 accuracy, balanced accuracy, macro-F1, per-class report (CSV) and a
   row-normalised confusion matrix (PNG);
 - novelty: mean AUROC of the k-NN novelty score with each class held out in turn
   (:func:`~aqqua_geo.foundation.novelty.leave_one_class_out`);
@@ -192,9 +192,9 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
         ood = leave_one_class_out(emb, y, methods=["knn"], test_size=test_size, seed=seed, k=min(k, 10))
         ood.to_csv(out_dir / f"ood_{_slug(name)}.csv", index=False)
         trait_r2 = _trait_r2(emb, traits, tr, te)
-        for method, head in ((f"kNN k={k} T=0.07", KNNClassifier(k=k)), ("linear probe", LinearProbe())):
+        for method, head in ((f"knn{k}", KNNClassifier(k=k)), ("linear", LinearProbe())):
             pred = head.fit(emb[tr], y[tr]).predict(emb[te])
-            save_reports(y[te], pred, out_dir / f"{_slug(name)}_{_slug(method.split()[0])}", f"{name} — {method}")
+            save_reports(y[te], pred, out_dir / f"{_slug(name)}_{method}", f"{name} — {method}")
             results.append({**common, "model": name, "method": method, **classification_metrics(y[te], pred),
                             "ood_auroc": float(ood["auroc"].mean()), "trait_r2": trait_r2,
                             "model_sha256": file_sha256(model_path)})
@@ -206,7 +206,7 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
         rf.fit_features(feats.iloc[tr], y[tr])
         pred = rf.classes_[rf.predict_proba_features(feats.iloc[te]).argmax(axis=1)]
         save_reports(y[te], pred, out_dir / "baseline_rf", f"{BASELINE_NAME} (baseline)")
-        results.append({**common, "model": BASELINE_NAME, "method": "random forest on morphometrics",
+        results.append({**common, "model": BASELINE_NAME, "method": "rf_morphometrics",
                         **classification_metrics(y[te], pred),
                         "ood_auroc": _baseline_ood(feats, y, test_size, seed, baseline_trees),
                         "trait_r2": float("nan"), "model_sha256": ""})

@@ -135,16 +135,17 @@ class KNNClassifier:
 # linear probe
 # --------------------------------------------------------------------------------------------
 class LinearProbe:
-    """Multinomial logistic regression on L2-normalised frozen features.
+    """Multinomial logistic regression on frozen features (L2-normalised, then standardised).
 
-    Stored as ``coef_`` (n_classes, dim) and ``intercept_`` so a torch-trained head
-    (:meth:`from_weights`) behaves identically. ``class_weight="balanced"`` counters the
-    heavy class imbalance of plankton data (detritus dominates).
+    Stored as plain arrays (``mean_``, ``scale_``, ``coef_`` (n_classes, dim), ``intercept_``)
+    so a torch-trained head (:meth:`from_weights`) behaves identically. Standardising matters
+    for SSL features, whose useful variation can sit in a small part of each dimension's range;
+    ``class_weight="balanced"`` counters the heavy class imbalance of plankton data.
     """
 
     kind = "linear"
 
-    def __init__(self, C: float = 1.0, max_iter: int = 2000, class_weight: str | None = "balanced",
+    def __init__(self, C: float = 1.0, max_iter: int = 3000, class_weight: str | None = "balanced",
                  normalize: bool = True):
         self.C = C
         self.max_iter = max_iter
@@ -153,7 +154,8 @@ class LinearProbe:
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = _check_features(x)
-        return l2_normalize(x) if self.normalize else x
+        x = l2_normalize(x) if self.normalize else x
+        return (x - self.mean_) / self.scale_
 
     def fit(self, x: np.ndarray, y: Sequence[str]) -> LinearProbe:
         from sklearn.linear_model import LogisticRegression
@@ -162,6 +164,10 @@ class LinearProbe:
         classes = np.unique(y)
         if len(classes) < 2:
             raise ValueError(f"a linear probe needs at least 2 classes, got {list(classes)}")
+        x = _check_features(x)
+        xn = l2_normalize(x) if self.normalize else x
+        self.mean_ = xn.mean(axis=0)
+        self.scale_ = np.maximum(xn.std(axis=0), 1e-6).astype(np.float32)
         clf = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)
         clf.fit(self._prep(x), y)
         self.classes_ = clf.classes_
@@ -175,12 +181,14 @@ class LinearProbe:
 
     @classmethod
     def from_weights(cls, coef: np.ndarray, intercept: np.ndarray, classes: Sequence[str],
-                     normalize: bool = True) -> LinearProbe:
-        """A probe whose head was trained elsewhere (e.g. by :func:`finetune`)."""
+                     normalize: bool = False) -> LinearProbe:
+        """A probe whose head was trained elsewhere (e.g. by :func:`finetune`), on raw features."""
         probe = cls(normalize=normalize)
         probe.coef_ = np.asarray(coef, dtype=np.float32)
         probe.intercept_ = np.asarray(intercept, dtype=np.float32)
         probe.classes_ = np.asarray(classes)
+        probe.mean_ = np.zeros(probe.coef_.shape[1], dtype=np.float32)
+        probe.scale_ = np.ones(probe.coef_.shape[1], dtype=np.float32)
         if probe.coef_.shape[0] != len(probe.classes_):
             raise ValueError(f"head has {probe.coef_.shape[0]} outputs for {len(classes)} classes")
         return probe

@@ -43,6 +43,7 @@ def _torch_logits(probe: LinearProbe, x):
     b = torch.as_tensor(probe.intercept_, device=x.device)
     if probe.normalize:
         x = F.normalize(x, dim=-1)
+    x = (x - torch.as_tensor(probe.mean_, device=x.device)) / torch.as_tensor(probe.scale_, device=x.device)
     return x @ w.T + b
 
 

@@ -62,7 +62,7 @@ def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
     assert set(rows["n_classes"]) == {4} and set(rows["n_test"]) == {15} and set(rows["n_train"]) == {33}
     assert rows[["top1", "balanced_accuracy", "macro_f1", "ood_auroc"]].apply(lambda c: c.between(0, 1)).all().all()
     assert rows.loc[2, "top1"] > 0.5  # the morphometric forest separates these 4 classes well
-    for sub in ("random_vit_kNN", "random_vit_linear", "baseline_rf"):
+    for sub in ("random_vit_knn5", "random_vit_linear", "baseline_rf"):
         assert (out / sub / "confusion.png").stat().st_size > 1000
         report = pd.read_csv(out / sub / "classification_report.csv", index_col=0)
         assert {"Acantharea", "Copepoda", "bubble", "detritus"} <= set(report.index)

@@ -14,6 +14,7 @@ from aqqua_geo.foundation.classify import (
     expected_calibration_error,
     fit_temperature,
     group_rare_classes,
+    l2_normalize,
     softmax,
 )
 
@@ -64,8 +65,12 @@ def test_linear_probe_separates_blobs_and_roundtrips_weights():
     x, y = blobs()
     probe = LinearProbe(C=10).fit(x, y)
     assert (probe.predict(x) == y).mean() > 0.95
+    # logits = standardised L2-normalised features · Wᵀ + b
+    z = (l2_normalize(x) - probe.mean_) / probe.scale_
+    np.testing.assert_allclose(probe.decision_function(x), z @ probe.coef_.T + probe.intercept_, rtol=1e-5, atol=1e-5)
+    # a head trained elsewhere (finetune) acts on raw features
     clone = LinearProbe.from_weights(probe.coef_, probe.intercept_, probe.classes_)
-    np.testing.assert_allclose(clone.predict_proba(x), probe.predict_proba(x), atol=1e-6)
+    np.testing.assert_allclose(clone.predict_proba(z), probe.predict_proba(x), atol=1e-5)
     with pytest.raises(ValueError, match="at least 2 classes"):
         LinearProbe().fit(x[:5], y[:5])
 
