@@ -141,6 +141,19 @@ def test_largest_object_kept_holes_filled_and_counted():
     assert m["area_exc_um2"] < m["area_um2"]
 
 
+def test_subject_is_the_solid_central_object_not_the_legend():
+    """ZooProcess-like vignette: white background, a corner mark, and a legend bar in the margin
+    that is larger than the organism."""
+    img = np.full((120, 100), 255, np.uint8)
+    img[40:60, 40:60] = 60  # the organism, in the centre
+    img[105:115, 5:95] = 0  # legend / scale bar: bigger, in the bottom margin
+    img[30, 30:40] = 0  # a 1-px corner mark
+    img[30:40, 30] = 0
+    mask = segment(img)
+    assert mask[50, 50] and not mask[110, 50]
+    assert measure(img, 1.0)["area_px"] == pytest.approx(400, abs=40)
+
+
 def test_empty_and_flat_images_give_nan_traits():
     for img in (np.zeros((20, 30), np.uint8), np.full((20, 30), 128, np.uint8), np.zeros((1, 5), np.uint8)):
         m = measure(img, 5.0)
