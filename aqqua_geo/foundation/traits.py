@@ -84,8 +84,18 @@ _HYSTERESIS_LOW = 0.5  # low/high ratio of the hysteresis threshold
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
-    """Return a float64 H×W grey image (ITU-R 601 luminance for RGB/RGBA input)."""
+    """Return a float64 H×W grey image on the 0–255 scale (ITU-R 601 luminance for RGB/RGBA).
+
+    uint8 is taken as is; bool, 16-bit and float images in [0, 1] are rescaled to 0–255 so that
+    thresholds and grey statistics mean the same thing for every input.
+    """
     img = np.asarray(image)
+    if img.dtype == bool:
+        img = img.astype(np.float64) * 255.0
+    elif img.dtype == np.uint16:
+        img = img.astype(np.float64) * (255.0 / 65535.0)
+    elif img.dtype.kind == "f" and img.size and np.nanmax(img) <= 1.0:
+        img = img.astype(np.float64) * 255.0
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
     if img.ndim == 3:

@@ -170,6 +170,17 @@ def test_rgb_and_missing_pixel_size():
     assert m["area_px"] > 0 and math.isnan(m["area_um2"]) and m["elongation"] > 1
 
 
+def test_other_dtypes_are_put_on_the_8bit_scale():
+    img = _ellipse(20, 10)
+    ref = measure(img, 1.0)
+    for other in (img / 255.0, img.astype(np.uint16) * 257):
+        m = measure(other, 1.0)
+        assert m["area_px"] == ref["area_px"] and m["mean_grey"] == pytest.approx(ref["mean_grey"])
+    assert measure(img > 100, 1.0)["area_px"] == ref["area_px"]
+    with pytest.raises(ValueError, match=r"expected an H×W or H×W×C image, got shape \(5,\)"):
+        measure(np.zeros(5, np.uint8), 1.0)
+
+
 def test_mask_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"mask shape \(3, 3\) differs from image shape \(101, 121\)"):
         measure(_ellipse(10, 10), 1.0, mask=np.ones((3, 3)))
