@@ -30,6 +30,8 @@ def samples_cmd(
     predictions: Path = typer.Option(..., "--predictions", exists=True, help="predictions.parquet"),
     store: Path = typer.Option(..., "--store", exists=True, file_okay=False, help="AqQua store"),
     out: Path = typer.Option(..., "--out", help="per-sample table to write (.parquet)"),
+    group_col: str = typer.Option("pred_label", help="class/group column (pred_label, carbon_group...)"),
+    depth_bins: Optional[str] = typer.Option(None, help="depth edges in m, e.g. 0,200,500"),
     diversity: bool = typer.Option(True, help="append diversity indices per sample"),
 ) -> None:
     """Per-sample concentrations/biomass (+ diversity) from object predictions and a store."""
@@ -37,7 +39,13 @@ def samples_cmd(
 
     from aqqua_geo.mapping.samples import aggregate
 
-    table = aggregate(pd.read_parquet(predictions), store, diversity=diversity)
+    try:
+        bins = [float(v) for v in depth_bins.split(",")] if depth_bins else None
+    except ValueError:
+        raise typer.BadParameter(f"not a comma-separated list of numbers: {depth_bins!r}",
+                                 param_hint="--depth-bins") from None
+    table = aggregate(pd.read_parquet(predictions), str(store), depth_bins=bins,
+                      group_col=group_col, diversity=diversity)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".part")
     table.to_parquet(tmp)

@@ -47,3 +47,27 @@ def test_config_errors_are_one_line():
         load_config({"data": {}, "out": "x"})
     r = CliRunner().invoke(app, ["map", "fit", "-c", "no_such_config"])
     assert r.exit_code != 0 and "not found" in r.output
+
+
+def test_map_samples_on_an_ingested_store(bundled_data, tmp_path):
+    import pandas as pd
+
+    from aqqua_geo.ingest import ingest
+    from aqqua_geo.store import AqquaStore
+
+    store_dir = tmp_path / "store"
+    ingest(bundled_data.path("ecotaxa_m106"), store_dir, fmt="ecotaxa")
+    meta = AqquaStore(store_dir).metadata
+    pd.DataFrame({"object_id": meta["object_id"], "pred_label": meta["label"].fillna("unknown")}
+                 ).to_parquet(tmp_path / "predictions.parquet")
+    out = tmp_path / "samples.parquet"
+    args = ["map", "samples", "--predictions", str(tmp_path / "predictions.parquet"),
+            "--store", str(store_dir), "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    table = pd.read_parquet(out)
+    assert table["n_objects"].sum() == len(meta) and "shannon" in table.columns
+    bad = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "x.parquet"),
+                                   "--depth-bins", "0,abc"])
+    assert bad.exit_code != 0 and "comma-separated" in bad.output
+    assert not (tmp_path / "x.parquet").exists()
