@@ -109,6 +109,22 @@ def test_payload_round_trips_categories_and_numbers(cats, nums):
     np.testing.assert_array_equal(cols["datetime"], ms.astype(np.float64))
 
 
+def test_payload_of_predictions_without_a_classifier(pca_explorer):
+    """predict_store without classifier: all-missing nullable string/boolean columns."""
+    meta = pca_explorer.store.metadata
+    ids = meta["object_id"].to_numpy()[:4]
+    pred = pd.DataFrame({"object_id": pd.Series(ids, dtype="string"),
+                         "pred_label": pd.Series([None] * 4, dtype="string"),
+                         "is_novel": pd.Series([pd.NA, True, False, pd.NA], dtype="boolean"),
+                         "novelty_score": np.nan})
+    table = build_table(meta, ids, np.zeros((4, 2)), pred)
+    header, cols = decode_points(encode_points(table))
+    spec = {c["name"]: c for c in header["columns"]}
+    assert spec["pred_label"]["categories"] == [] and cols["pred_label"].tolist() == [0, 0, 0, 0]
+    assert spec["is_novel"]["categories"] == ["False", "True"] and cols["is_novel"].tolist() == [2, 1, 0, 2]
+    assert spec["novelty_score"]["kind"] == "number" and "min" not in spec["novelty_score"]
+
+
 def test_payload_uses_wider_codes_for_many_categories():
     n = 300
     table = pd.DataFrame({"object_id": [f"id{i}" for i in range(n)], "x": np.zeros(n), "y": np.zeros(n),

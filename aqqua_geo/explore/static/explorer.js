@@ -313,7 +313,7 @@
       lab.append(cb, " " + name); fs.append(lab);
     });
     else fs.hidden = true;
-    F.classCol = S.cols.pred_label ? "pred_label" : S.cols.label ? "label" : null;
+    F.classCol = ["pred_label", "label"].find(useful) || null;
     const sel = $("filter-class");
     if (F.classCol) {
       $("filter-class-name").textContent = F.classCol === "pred_label" ? "predicted class" : "label";
@@ -599,7 +599,11 @@
       if (og.children.length) sel.append(og);
     }
   }
-  function defaultColor() { return ["pred_label", "label", "instrument"].find((c) => S.cols[c]) || S.header.columns.find((c) => c.name !== "x" && c.name !== "y").name; }
+  // a column with values (without a classifier, predict_store writes an all-missing pred_label)
+  function useful(c) { return S.cols[c] && (S.cols[c].spec.kind !== "category" || S.cols[c].spec.categories.length > 0); }
+  function defaultColor() {
+    return ["pred_label", "label", "instrument"].find(useful) || S.header.columns.find((c) => c.name !== "x" && c.name !== "y").name;
+  }
 
   // ---------------------------------------------------------------- test/scripting hook -------
   window.aqquaExplorer = {
