@@ -12,8 +12,9 @@ The bundle follows EcoTaxa's import rules (``ecotaxa/ecotaxa_back`` ``py/BO/TSVF
   ``predicted`` (EcoTaxa rejects a category without a status and vice versa);
 * model scores, traits and carbon as free ``object_<name>`` columns, numeric ``[f]`` (at most 500)
   or text ``[t]`` (at most 20); names lower-case ``[a-z0-9_]``;
-* ``sample_id`` / ``acq_id`` / ``process_id`` with ``acq_instrument`` and ``process_pixel``
-  (µm per pixel, as ZooScan exports write it). Each ``acq_id`` belongs to one sample and one pixel
+* ``sample_id`` / ``acq_id`` / ``process_id`` with ``acq_instrument``, ``process_pixel``
+  (µm per pixel, as ZooScan exports write it) and ``acq_pixel_size`` (mm per pixel, the unit of
+  EcoTaxa's volume formula; with ``object_area`` in pixels). Each ``acq_id`` belongs to one sample and one pixel
   size (EcoTaxa refuses an acquisition shared by two samples);
 * NaN and missing values are empty cells.
 
@@ -55,7 +56,13 @@ _PREDEFINED = {
 
 
 def ecotaxa_field_name(name: str, prefix: str = "object") -> str:
-    """EcoTaxa column name for *name*: ``<prefix>_`` + lower-case ``[a-z0-9_]`` (e.g. ``object_esd_um``)."""
+    """EcoTaxa column name for *name*: ``<prefix>_`` + lower-case ``[a-z0-9_]`` (e.g. ``object_esd_um``).
+
+    ``area_px`` becomes EcoTaxa's native ``object_area`` (pixels), which with ``acq_pixel_size``
+    (mm) feeds EcoTaxa's own individual-volume formula.
+    """
+    if prefix == "object" and name in _NATIVE_NAMES:
+        return _NATIVE_NAMES[name]
     clean = re.sub(r"[^a-z0-9]+", "_", str(name).strip().lower()).strip("_")
     if not clean:
         raise ValueError(f"cannot make an EcoTaxa column name from {name!r}")
@@ -63,6 +70,9 @@ def ecotaxa_field_name(name: str, prefix: str = "object") -> str:
     if out in _PREDEFINED:
         out = f"{prefix}_pred_{clean.removeprefix(prefix + '_')}"
     return out
+
+
+_NATIVE_NAMES = {"area_px": "object_area"}
 
 
 def _text(value: Any) -> str:
@@ -238,7 +248,7 @@ def write_ecotaxa(
         *[(name, "[f]") for _, name in numeric],
         *[(name, "[t]") for _, name in text],
         ("sample_id", "[t]"), ("sample_source", "[t]"),
-        ("acq_id", "[t]"), ("acq_instrument", "[t]"),
+        ("acq_id", "[t]"), ("acq_instrument", "[t]"), ("acq_pixel_size", "[f]"),
         ("process_id", "[t]"), ("process_pixel", "[f]"), ("process_software", "[t]"),
     ]
     from aqqua_geo import __version__
@@ -293,7 +303,7 @@ def write_ecotaxa(
                             *[_number(v[c]) for c, _ in numeric],
                             *[_text(v[c]) for c, _ in text],
                             m["_sample"], _text(m["source"]),
-                            m["_acq"], _text(m["instrument"]),
+                            m["_acq"], _text(m["instrument"]), _number(m["pixel_size_um"] / 1000.0),
                             m["_acq"], _number(m["pixel_size_um"]), software,
                         ]
                     )

@@ -145,6 +145,8 @@ def test_zip_bundle_follows_ecotaxa_rules(small_store, predictions, tmp_path):
         m = meta.loc[oid]
         assert float(r["object_lat"]) == m["lat"] and float(r["object_lon"]) == m["lon"]
         assert float(r["object_depth_min"]) == m["depth_min"] and float(r["process_pixel"]) == m["pixel_size_um"]
+        assert float(r["acq_pixel_size"]) == pytest.approx(m["pixel_size_um"] / 1000)
+        assert float(r["object_area"]) * m["pixel_size_um"] ** 2 == pytest.approx(float(r["object_area_um2"]))
         assert r["object_date"] + r["object_time"] == m["datetime"].strftime("%Y%m%d%H%M%S")
         assert r["acq_instrument"] == m["instrument"] and r["sample_id"] == m["sample_id"]
         from PIL import Image
@@ -236,6 +238,7 @@ def test_field_names_examples():
     assert ecotaxa_field_name("carbon_ugC") == "object_carbon_ugc"
     assert ecotaxa_field_name("Top-1 prob") == "object_top_1_prob"
     assert ecotaxa_field_name("id") == "object_pred_id"  # would shadow the predefined object_id
+    assert ecotaxa_field_name("area_px") == "object_area"  # EcoTaxa's native area (pixels)
     with pytest.raises(ValueError, match="cannot make an EcoTaxa column name"):
         ecotaxa_field_name("  ")
 
