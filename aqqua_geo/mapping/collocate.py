@@ -242,43 +242,61 @@ def _fill_nearest_valid(
     clim_obs: np.ndarray,
     max_km: float,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Fill NaN values from the nearest valid cell within ``max_km`` (per variable)."""
-    glat, glon = cube["lat"].values, cube["lon"].values
-    wrap = _is_global(glon)
-    dlat = _spacing(glat) if glat.size > 1 else 1.0
-    dlon = _spacing(glon) if glon.size > 1 else 1.0
+    """Fill NaN values from the nearest valid cell within ``max_km`` (great circle, per variable).
+
+    Observations are grouped by the (time or month, depth) layer they read; each layer is
+    loaded once, restricted to the latitudes within reach, and searched with a haversine
+    BallTree (so the search wraps across the antimeridian).
+    """
+    from sklearn.neighbors import BallTree
+
+    earth_km = 6371.0088
     clim = monthly_climatology(cube) if clim_obs.any() else None
     out = {v: (cols[v].copy(), np.full(len(lat), np.nan)) for v in cube.data_vars}
-    for i in np.flatnonzero(need):
-        src = clim if clim_obs[i] else cube
-        sel: dict[str, Any] = {}
+    idx = np.flatnonzero(need)
+    layer_keys = []
+    for i in idx:
+        src_is_clim = bool(clim_obs[i])
+        src = clim if src_is_clim else cube
+        key: list[Any] = [src_is_clim]
         if "time" in src.dims:
-            sel["time"] = np.datetime64(int(indexers["time"][i] * 1e9), "ns")
+            key.append(int(np.abs(src["time"].values.astype("datetime64[ns]").astype("int64") / 1e9
+                                  - indexers["time"][i]).argmin()))
         if "month" in src.dims and obs_month is not None:
-            sel["month"] = int(obs_month[i])
+            key.append(int(obs_month[i]))
         if "depth" in src.dims:
-            sel["depth"] = indexers["depth"][i]
-        layer = src.sel(sel, method="nearest") if sel else src
-        k_lat = int(np.ceil(max_km / _KM_PER_DEG / dlat)) + 1
-        coslat = max(np.cos(np.deg2rad(min(abs(lat[i]) + k_lat * dlat, 89.9))), 1e-3)
-        k_lon = int(np.ceil(max_km / (_KM_PER_DEG * coslat) / dlon)) + 1
-        i_lat = int(np.argmin(np.abs(glat - lat[i])))
-        i_lon = int(np.argmin(np.abs(glon - lon[i])))
-        lat_idx = np.arange(max(i_lat - k_lat, 0), min(i_lat + k_lat, glat.size - 1) + 1)
-        lon_idx = np.arange(i_lon - k_lon, i_lon + k_lon + 1)
-        lon_idx = np.unique(lon_idx % glon.size) if wrap else lon_idx[(lon_idx >= 0) & (lon_idx < glon.size)]
-        window = layer.isel(lat=lat_idx, lon=lon_idx).compute()
-        wlat, wlon = np.meshgrid(window["lat"].values, window["lon"].values, indexing="ij")
-        dist = _haversine_km(lat[i], lon[i], wlat, wlon)
+            key.append(int(np.abs(src["depth"].values - indexers["depth"][i]).argmin()))
+        layer_keys.append(tuple(key))
+    reach_deg = max_km / _KM_PER_DEG
+    for key in dict.fromkeys(layer_keys):
+        members = idx[[k == key for k in layer_keys]]
+        src = clim if key[0] else cube
+        sel: dict[str, Any] = {}
+        pos = 1
+        for dim in ("time", "month", "depth"):
+            if dim in src.dims and (dim != "month" or obs_month is not None):
+                sel[dim] = key[pos] if dim != "month" else int(np.flatnonzero(src["month"].values == key[pos])[0])
+                pos += 1
+        layer = src.isel(sel)
+        lo, hi = lat[members].min() - reach_deg, lat[members].max() + reach_deg
+        layer = layer.sel(lat=slice(lo, hi)).compute()
+        glat, glon = np.meshgrid(layer["lat"].values, layer["lon"].values, indexing="ij")
+        query = np.deg2rad(np.c_[lat[members], lon[members]])
         for v in cube.data_vars:
-            if np.isfinite(cols[v][i]):
+            todo = ~np.isfinite(cols[v][members])
+            if not todo.any():
                 continue
-            vals = window[v].transpose("lat", "lon").values
-            ok = np.isfinite(vals) & (dist <= max_km)
-            if ok.any():
-                j = np.argmin(np.where(ok, dist, np.inf))
-                out[v][0][i] = vals.flat[j]
-                out[v][1][i] = dist.flat[j]
+            vals = layer[v].transpose("lat", "lon").values
+            valid = np.isfinite(vals)
+            if not valid.any():
+                continue
+            tree = BallTree(np.deg2rad(np.c_[glat[valid], glon[valid]]), metric="haversine")
+            dist, nearest = tree.query(query[todo], k=1)
+            dist_km = dist[:, 0] * earth_km
+            ok = dist_km <= max_km
+            target = members[todo][ok]
+            out[v][0][target] = vals[valid][nearest[ok, 0]]
+            out[v][1][target] = dist_km[ok]
     return out
 
 

@@ -141,10 +141,13 @@ def export_flux(
             raise ValueError("a horizon cube needs the profiles' positions (profile_id, lat, lon[, datetime])")
         from aqqua_geo.mapping.collocate import collocate
 
-        name = horizon.name or "horizon"
+        from aqqua_geo.mapping.env import resolve_variable
+
+        name = str(horizon.name or "horizon")
         col = collocate(positions, horizon.to_dataset(name=name), method="linear")
-        kind = horizon_name or str(name)
-        horizons = pd.Series(col[name].to_numpy(dtype=float), index=positions[profile_col].to_numpy())
+        kind = horizon_name or name
+        horizons = pd.Series(col[resolve_variable(name)].to_numpy(dtype=float),  # mlotst -> mld
+                             index=positions[profile_col].to_numpy())
     else:
         kind = horizon_name or "per_profile"
         horizons = pd.Series(horizon, dtype=float)

@@ -161,3 +161,23 @@ def test_real_ostia_kelvin_cube(shared_data):
     out = collocate(obs, cube, method="linear")
     assert 20 < out["temperature"].iloc[0] < 32  # equatorial Pacific SST in degC, not K
     assert out["collocation_flag"].tolist() == ["ok", "ok", "outside_grid"]
+
+
+def test_nearest_valid_search_wraps_the_antimeridian():
+    v = np.broadcast_to(np.arange(LON.size, dtype=float), (LAT.size, LON.size)).copy()
+    v[LAT == 0.5, LON == 179.5] = np.nan
+    cube = xr.Dataset({"v": (("lat", "lon"), v)}, coords={"lat": LAT, "lon": LON})
+    out = collocate(pd.DataFrame({"lat": [0.5], "lon": [179.9]}), cube, max_distance_km=100)
+    assert out["collocation_flag"].iloc[0] == "nearest_valid"
+    assert out["v"].iloc[0] == 0.0  # the column at 179.5 W, 67 km away across 180
+    assert out["collocation_distance_km"].iloc[0] == pytest.approx(0.6 * 111.195 * np.cos(np.deg2rad(0.5)), rel=1e-3)
+
+
+def test_nearest_valid_uses_the_observation_time_layer():
+    cube = _time_cube()
+    cube["v"][2, 2, 2] = np.nan  # (time 3, lat 0, lon 0)
+    obs = pd.DataFrame({"lat": [0.0, 0.0], "lon": [0.0, 0.0],
+                        "datetime": pd.to_datetime(["2010-03-12", "2010-04-12"], utc=True)})
+    out = collocate(obs, cube, max_distance_km=150)
+    assert out["collocation_flag"].tolist() == ["nearest_valid", "ok"]
+    assert out["v"].tolist() == [2.0, 3.0]

@@ -82,7 +82,7 @@ def test_export_flux_horizon_from_cube():
     lat = np.arange(-10, 11, 5.0)
     lon = np.arange(-20, 21, 5.0)
     mld = xr.DataArray(100 + 2 * lat[:, None] + 0 * lon[None, :], dims=("lat", "lon"),
-                       coords={"lat": lat, "lon": lon}, name="mld")
+                       coords={"lat": lat, "lon": lon}, name="mlotst")
     pos = pd.DataFrame({"profile_id": ["a", "b"], "lat": [2.5, -5.0], "lon": [0.0, 7.0]})
     out = fx.export_flux(_profiles(), mld, positions=pos)
     assert out["horizon_m"].tolist() == pytest.approx([105.0, 90.0])
