@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from aqqua_geo.mapping import ecopart as ep
-from aqqua_geo.mapping import flux as fx
 
 AA, EXP = 0.00279, 1.2236
 

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aqqua_geo.mapping import env
 
@@ -195,3 +197,18 @@ def test_copernicus_real_call_offline_fails_fast():
     with pytest.raises(env.EnvSourceError, match="Copernicus Marine"):
         env.open_env("copernicus:cmems_mod_glo_phy_my_0.083deg_P1M-m")
     assert time.monotonic() - t0 < 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.floats(-360, 360), st.booleans())
+def test_longitude_normalisation_property(step_deg, offset, lat_descending):
+    """Any regular global grid (any origin, 0..360 or not) ends up in [-180, 180) ascending with
+    every value still at its own longitude (mod 360)."""
+    lon = offset + np.arange(0, 360, step_deg, dtype=float)
+    lat = np.array([5.0, -5.0]) if lat_descending else np.array([-5.0, 5.0])
+    vals = np.cos(np.deg2rad(lon))[None, :] * np.where(lat == 5.0, 1.0, 2.0)[:, None]
+    ds = env.normalise(xr.Dataset({"v": (("lat", "lon"), vals)}, coords={"lat": lat, "lon": lon}))
+    _assert_normalised(ds)
+    assert ds.sizes["lon"] == lon.size
+    np.testing.assert_allclose(ds["v"].sel(lat=5.0).values, np.cos(np.deg2rad(ds["lon"].values)), atol=1e-9)
+    np.testing.assert_allclose(ds["v"].sel(lat=-5.0).values, 2 * np.cos(np.deg2rad(ds["lon"].values)), atol=1e-9)
