@@ -28,6 +28,12 @@ class Rare(str, Enum):
     exclude = "exclude"
 
 
+class Novelty(str, Enum):
+    knn = "knn"
+    mahalanobis = "mahalanobis"
+    energy = "energy"
+
+
 class Weighting(str, Enum):
     effective_number = "effective_number"
     inverse_frequency = "inverse_frequency"
@@ -74,6 +80,8 @@ def finetune(model: Model, store: Store, out: Out,
              k: Annotated[int, typer.Option(help="Neighbours (knn mode).", min=1)] = 20,
              min_count: Annotated[int, typer.Option(help="Classes with fewer examples are rare.")] = 10,
              rare: Annotated[Rare, typer.Option(help="Rare classes → other_<parent>, or dropped.")] = Rare.group,
+             novelty: Annotated[Novelty, typer.Option(help="Novelty score thresholded at 95% TPR on "
+                                                          "validation.")] = Novelty.knn,
              val_fraction: float = 0.2, seed: int = 0, device: Device = "cpu") -> None:
     """Train a species classifier on a store's labels; writes OUT/classifier.joblib."""
     from aqqua_geo.foundation.classify import ClassifierBundle, finetune as run_finetune, train_classifier
@@ -83,13 +91,13 @@ def finetune(model: Model, store: Store, out: Out,
         backbone, clf = run_finetune(model, store, out, epochs=epochs, batch_size=batch_size, lr=lr,
                                      layer_decay=layer_decay, loss_weighting=loss_weighting.value,
                                      min_count=min_count, rare=rare.value, val_fraction=val_fraction,
-                                     seed=seed, device=device)
+                                     novelty=novelty.value, seed=seed, device=device)
         bundle = ClassifierBundle.load(clf)
         typer.echo(f"fine-tuned backbone: {backbone}  (use it as --model with this classifier)")
     else:
         clf = out / "classifier.joblib"
         bundle = train_classifier(model, store, clf, kind=mode.value, k=k, min_count=min_count, rare=rare.value,
-                                  val_fraction=val_fraction, seed=seed, device=device)
+                                  val_fraction=val_fraction, novelty=novelty.value, seed=seed, device=device)
     m = bundle.metrics
     cal = m["calibration"]
     typer.echo(f"classifier: {clf}  ({len(bundle.classes)} classes, n_train={m['n_train']}, n_val={m['n_val']})")

@@ -430,6 +430,8 @@ def _finish_bundle(head, backbone_path: str | Path, emb: np.ndarray, labels: np.
 
     from aqqua_geo.foundation.novelty import NoveltyScorer
 
+    if novelty == "energy" and not isinstance(head, LinearProbe):
+        raise ValueError("the energy novelty score needs a linear head (k-NN log-probabilities have constant energy)")
     bundle = ClassifierBundle(head=head, embedding={"backbone_sha256": file_sha256(backbone_path),
                                                     "embed_dim": int(emb.shape[1]), "pool": "cls", **extra})
     bundle.label_map = {r.label: (r.new_label if isinstance(r.new_label, str) else None) for r in report.itertuples()}

@@ -67,7 +67,9 @@ def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
         report = pd.read_csv(out / sub / "classification_report.csv", index_col=0)
         assert {"Acantharea", "Copepoda", "bubble", "detritus"} <= set(report.index)
     ood = pd.read_csv(out / "ood_random_vit.csv")
-    assert sorted(ood["held_out"]) == ["Acantharea", "Copepoda", "bubble", "detritus"]
+    assert sorted(set(ood["held_out"])) == ["Acantharea", "Copepoda", "bubble", "detritus"]
+    assert set(ood["method"]) == {"knn", "mahalanobis", "energy"}
+    assert rows.loc[0, "ood_auroc"] == pytest.approx(ood.loc[ood["method"] == "knn", "auroc"].mean())
     assert "darksphere" not in set(pd.read_csv(out / "classes.csv")["label"])
 
     # same seed → same split and numbers; the leaderboard grows by one run

@@ -181,3 +181,26 @@ def test_predict_without_classifier_has_null_labels(tiny_setup, tmp_path):
     df = pd.read_parquet(predict_store(model_path, store_dir, tmp_path, progress=False))
     assert df["pred_label"].isna().all() and df["novelty_score"].isna().all()
     assert df["esd_um"].notna().all() and df["carbon_relation"].notna().all()
+
+
+def test_cli_finetune_predict_roundtrip(tiny_setup, tmp_path):
+    """`aqqua finetune --mode linear --novelty energy` then `aqqua predict --classifier`."""
+    from typer.testing import CliRunner
+
+    from aqqua_geo.cli import app
+
+    model_path, store_dir = tiny_setup
+    runner = CliRunner()
+    res = runner.invoke(app, ["finetune", "--model", str(model_path), "--store", str(store_dir), "--out",
+                              str(tmp_path / "clf"), "--mode", "linear", "--novelty", "energy", "--min-count", "2"])
+    assert res.exit_code == 0, res.output
+    assert "ECE" in res.output and "4 classes" in res.output
+    res = runner.invoke(app, ["predict", "--model", str(model_path), "--store", str(store_dir), "--out",
+                              str(tmp_path / "pred"), "--classifier", str(tmp_path / "clf" / "classifier.joblib"),
+                              "--chunk-size", "10"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "pred" / "predictions.parquet")
+    assert len(df) == 24 and df["novelty_score"].notna().all() and df["pred_label"].notna().all()
+    res = runner.invoke(app, ["finetune", "--model", str(model_path), "--store", str(store_dir), "--out",
+                              str(tmp_path / "clf2"), "--mode", "knn", "--novelty", "energy", "--min-count", "2"])
+    assert res.exit_code != 0 and "needs a linear head" in str(res.exception)
