@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -451,3 +452,38 @@ class TraitRegressor:
         return pd.DataFrame(
             {"target": names, "r2": [r2[n] for n in names], "rmse": rmse, "n": int(ok.sum())}
         ).set_index("target")
+
+
+def plot_segmentations(
+    images: Sequence[np.ndarray],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+    method: str | float = "otsu",
+    ncols: int = 6,
+) -> Path:
+    """Save a PNG grid of images with the outline of the measured object (segmentation QC)."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    if not len(images):
+        raise ValueError("plot_segmentations: no images")
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(2.2 * ncols, 2.2 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, image in enumerate(images):
+        ax = axes.ravel()[i]
+        grey = to_grey(image)
+        mask = segment(grey, method=method)
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        if mask.any():
+            ax.contour(mask, levels=[0.5], colors="tab:red", linewidths=0.8)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

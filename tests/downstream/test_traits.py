@@ -16,6 +16,7 @@ from aqqua_geo.foundation.traits import (
     TraitRegressor,
     measure,
     measure_many,
+    plot_segmentations,
     segment,
 )
 
@@ -256,3 +257,13 @@ def test_trait_regressor_errors():
         TraitRegressor().fit(np.zeros((4, 2)), [1.0, 2.0, np.nan, np.nan])
     with pytest.raises(ValueError, match="4 embeddings but 3 targets"):
         TraitRegressor().fit(np.zeros((4, 2)), [1.0, 2.0, 3.0])
+
+
+def test_segmentation_qc_plot(ifcb_rois, tmp_path):
+    from PIL import Image
+
+    path = plot_segmentations(list(ifcb_rois.values()), tmp_path / "qc" / "ifcb.png", titles=list(ifcb_rois))
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    with pytest.raises(ValueError, match="no images"):
+        plot_segmentations([], tmp_path / "x.png")
