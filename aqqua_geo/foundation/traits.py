@@ -17,7 +17,9 @@ Segmentation
     8-connected object reaching the central half of the image is kept (ZooProcess and WHOI's
     ifcb-features describe the largest blob; preferring the centre ignores the legend and scale
     bar printed in the margin of ZooProcess vignettes). Given masks are measured on their largest
-    blob, as WHOI does.
+    blob, as WHOI does. The background is read on the border, so a vignette cropped inside the
+    organism (no background margin) is not segmented correctly; instrument vignettes (UVP, ZooScan,
+    IFCB, FlowCam) keep a margin.
 
 Units (in the key names): ``_um`` µm, ``_um2`` µm², ``_um3`` µm³, ``_px`` pixels, ``_deg`` degrees;
 grey statistics are raw 8-bit grey levels of the image as stored (0 = black); ratios are unitless.
