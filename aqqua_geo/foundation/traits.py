@@ -19,7 +19,9 @@ Segmentation
     bar printed in the margin of ZooProcess vignettes). Given masks are measured on their largest
     blob, as WHOI does. The background is read on the border, so a vignette cropped inside the
     organism (no background margin) is not segmented correctly; instrument vignettes (UVP, ZooScan,
-    IFCB, FlowCam) keep a margin.
+    IFCB, FlowCam) keep a margin. Known limit: in a ZooProcess vignette whose organism is much
+    fainter than the black legend, Otsu's threshold is set by the legend and the organism is missed
+    (the legend is then measured); EcoTaxa's own ZooProcess features cover those.
 
 Units (in the key names): ``_um`` µm, ``_um2`` µm², ``_um3`` µm³, ``_px`` pixels, ``_deg`` degrees;
 grey statistics are raw 8-bit grey levels of the image as stored (0 = black); ratios are unitless.
