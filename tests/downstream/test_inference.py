@@ -204,3 +204,36 @@ def test_cli_finetune_predict_roundtrip(tiny_setup, tmp_path):
     res = runner.invoke(app, ["finetune", "--model", str(model_path), "--store", str(store_dir), "--out",
                               str(tmp_path / "clf2"), "--mode", "knn", "--novelty", "energy", "--min-count", "2"])
     assert res.exit_code != 0 and "needs a linear head" in str(res.exception)
+
+
+def test_predict_resumes_from_written_parts(tiny_setup, tmp_path, monkeypatch):
+    """A crash in chunk 3 keeps parts 1-2; the rerun computes only the rest and merges all."""
+    import aqqua_geo.foundation.traits as traits_mod
+    from aqqua_geo.foundation.inference import predict_store
+
+    model_path, store_dir = tiny_setup
+    real = traits_mod.measure_many
+    calls: list[int] = []
+
+    def failing(images, sizes, *a, **k):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real(images, sizes, *a, **k)
+
+    monkeypatch.setattr(traits_mod, "measure_many", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict_store(model_path, store_dir, tmp_path, chunk_size=5, progress=False)
+    parts = sorted(p.name for p in (tmp_path / "predictions.parts").glob("part-*.parquet"))
+    assert parts == ["part-00000.parquet", "part-00001.parquet"]
+    assert not (tmp_path / "predictions.parquet").exists()
+    calls.clear()
+    monkeypatch.setattr(traits_mod, "measure_many", lambda images, sizes, *a, **k: calls.append(len(images))
+                        or real(images, sizes, *a, **k))
+    df = pd.read_parquet(predict_store(model_path, store_dir, tmp_path, chunk_size=5, progress=False))
+    assert calls == [5, 5, 4]  # chunks 3..5 of 24 objects
+    assert len(df) == 24 and df["object_id"].is_unique
+    # complete output + same inputs → nothing recomputed
+    calls.clear()
+    predict_store(model_path, store_dir, tmp_path, chunk_size=5, progress=False)
+    assert calls == []
