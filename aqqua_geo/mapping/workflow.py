@@ -116,8 +116,7 @@ def _training_frame(cfg: dict[str, Any], product: dict[str, Any], cube: xr.Datas
         from aqqua_geo.mapping.collocate import collocate
 
         df = collocate(df.drop(columns=[c for c in features if c in df.columns]), cube,
-                       variables=features)
-        df = df[df["collocation_flag"] == "ok"]
+                       variables=features)  # rows without values are dropped below
     df = df.dropna(subset=[target, *features]).reset_index(drop=True)
     if df.empty:
         raise ValueError(f"product {product['name']!r}: no rows left after filtering")
