@@ -32,6 +32,9 @@ def read_embeddings(path: str | Path) -> Embeddings:
         raise FileNotFoundError(f"embeddings not found: {path}")
     try:
         group = zarr.open_group(str(path), mode="r")
+    except (FileNotFoundError, ValueError):  # zarr's GroupNotFoundError is both
+        raise ValueError(f"{path}: not a Zarr group; expected embeddings.zarr with arrays 'embedding' and 'object_id'") from None
+    try:
         if "chunk_done" in group:  # predict_store's resume bookkeeping
             done = np.asarray(group["chunk_done"][:])
             if not done.all():

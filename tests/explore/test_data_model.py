@@ -53,9 +53,12 @@ def test_read_embeddings_refuses_unfinished_predict_store_output(tmp_path):
         read_embeddings(path)
 
 
-def test_read_embeddings_missing_path(tmp_path):
+def test_read_embeddings_missing_path_or_not_zarr(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.zarr"):
         read_embeddings(tmp_path / "nope.zarr")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="folder: not a Zarr group; expected embeddings.zarr"):
+        read_embeddings(tmp_path / "folder")
 
 
 # ---------------------------------------------------------------- layout cache -------------------
