@@ -68,4 +68,8 @@ def explore(
 
             webbrowser.open(url)
 
-    serve(ex, host=host, port=port, export_dir=export_dir, on_ready=ready)
+    try:
+        serve(ex, host=host, port=port, export_dir=export_dir, on_ready=ready)
+    except OSError as err:  # port taken, host not local…
+        typer.echo(f"error: cannot listen on {host}:{port} ({err.strerror or err}); try --port 0", err=True)
+        raise typer.Exit(2) from None

@@ -85,3 +85,14 @@ def test_cli_server_port_zero_prints_the_url(explore_data, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_cli_server_port_in_use_is_a_clear_error(explore_data):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = CliRunner().invoke(app, _args(explore_data, "--port", str(port)))
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
