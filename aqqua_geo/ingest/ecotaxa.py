@@ -121,13 +121,15 @@ def iter_ecotaxa(src: Any, *, existing_acq_samples: dict[str, str] | None = None
                 if max(ic, ii) < len(r) and r[ic].strip() and r[ii].strip():
                     ids_of.setdefault(r[ic].strip(), Counter())[r[ii].strip()] += 1
     majority = {name: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for name, c in ids_of.items()}
-    # an object id (+ image rank) given twice is ambiguous: every occurrence is rejected
-    where: dict[tuple[str, str], list[str]] = {}
+    # an object id (+ image rank) given twice in one TSV is ambiguous (EcoTaxa refuses it): every
+    # occurrence is rejected. Across files the writer decides: same pixels → exists, else rejected.
+    where: dict[tuple[str, str, str], list[str]] = {}
     for name, header, _, rows in parsed:
         io_, ir = header.index("object_id"), header.index("img_rank") if "img_rank" in header else None
         for line, r in rows:
-            key = (r[io_].strip() if io_ < len(r) else "", (r[ir].strip() if ir is not None and ir < len(r) else "") or "0")
-            if key[0]:
+            key = (name, r[io_].strip() if io_ < len(r) else "",
+                   (r[ir].strip() if ir is not None and ir < len(r) else "") or "0")
+            if key[1]:
                 where.setdefault(key, []).append(f"{tree.display(name)}:{line}")
     repeated = {k: v for k, v in where.items() if len(v) > 1}
     acq_samples = dict(existing_acq_samples or {})
@@ -150,7 +152,7 @@ def _items(tree, name, header, types, line, values, majority, acq_samples, repea
         item.errors["row"] = InvalidRecord("bad_row", f"{file}: {where}: object_id is empty")
         yield item
         return
-    rank_key = (oid, (row.get("img_rank") or "").strip() or "0")
+    rank_key = (name, oid, (row.get("img_rank") or "").strip() or "0")
     if rank_key in repeated:
         lines = ", ".join(repeated[rank_key])
         item.errors["row"] = InvalidRecord("duplicate_object_id", f"{oid}: object id given {len(repeated[rank_key])} times ({lines})")

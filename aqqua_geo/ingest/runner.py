@@ -48,12 +48,18 @@ class IngestReport:
     def rejected(self) -> int:
         return sum(self.rejected_by_reason.values())
 
+    # n_* spellings, as in the manifest's per-source counts
+    n_ingested = property(lambda self: self.ingested)
+    n_duplicates = property(lambda self: self.duplicates)
+    n_rejected = property(lambda self: self.rejected)
+    n_exists = property(lambda self: self.exists)
+
     def summary(self, max_examples: int = 5) -> str:
         """Human-readable summary: counts, rejections by reason (with examples), notes."""
         verb = "would ingest" if self.dry_run else "ingested"
         lines = [
             f"{self.fmt} source {self.source!r} from {self.src}" + (f" -> {self.store_dir}" if self.store_dir else " (dry run)"),
-            f"  records: {self.records}  {verb}: {self.ingested}  already in store: {self.exists}  "
+            f"  records: {self.records}  {verb}: {self.ingested}  already present: {self.exists}  "
             f"duplicates: {self.duplicates} ({self.conflicting_labels} with a conflicting label)  "
             f"rejected: {self.rejected}  [{self.seconds:.1f} s]",
         ]
@@ -136,7 +142,8 @@ def _where(item: Item, detail: str) -> str:
     return detail if detail.startswith(item.file) else prefix + detail
 
 
-def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, progress=True, batch_size=512, **options):
+def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, progress=True, batch_size=512, codec=None,
+         **options):
     from tqdm.auto import tqdm
 
     from aqqua_geo.store import StoreWriter
@@ -154,9 +161,8 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
     writer = None
     if store_dir is not None:
         writer = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(src.resolve()),
-                             batch_size=batch_size, source_info={"constants": {k: str(v) for k, v in raw_constants.items()}})
+                             batch_size=batch_size, codec=codec, source_info={"constants": {k: str(v) for k, v in raw_constants.items()}})
         writer.open()
-    seen_ids: set[str] = set()
     seen_hashes: dict[str, tuple[str, str | None]] = {}
     known: dict[str, str] = {}  # dry run into an existing store: object id → content hash
     against = options.get("against_store")
@@ -164,8 +170,9 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
         from aqqua_geo.store import AqquaStore
 
         table = AqquaStore(against).table
-        known = dict(zip(table.column("object_id").to_pylist(), table.column("content_hash").to_pylist()))
-        seen_hashes.update({h: (oid, None) for oid, h in known.items()})
+        ids, hashes = table.column("object_id").to_pylist(), table.column("content_hash").to_pylist()
+        known = dict(zip(ids, hashes))
+        seen_hashes.update({h: (oid, lab) for oid, h, lab in zip(ids, hashes, table.column("label").to_pylist())})
 
     def reject(file: str, record: str, reason: str, detail: str, raw=None, object_id=None) -> None:
         if strict:
@@ -186,13 +193,7 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
                 continue
             report.records += 1
             _apply_constants(item, constants, raw_constants)
-            oid = item.object_id
-            if oid and oid in seen_ids:
-                reject(item.file, item.record, "duplicate_object_id",
-                       _where(item, f"{oid}: object id appears twice in this source"), item.raw, oid)
-                continue
-            if oid:
-                seen_ids.add(oid)
+            oid = item.object_id  # an id seen before: same pixels → exists, other pixels → rejected
             errors = sorted(item.errors.items(), key=lambda kv: _ERROR_ORDER.index(kv[0]) if kv[0] in _ERROR_ORDER else 99)
             try:
                 if errors:
@@ -235,10 +236,12 @@ def _dry_add(oid, image: np.ndarray, record: dict, source: str, seen: dict, know
     row = check_record(oid, {**record, "source": source})
     if digest in seen:
         report.duplicates += 1
+        known[oid] = digest
         kept_label = seen[digest][1]
         report.conflicting_labels += int(row["label"] is not None and kept_label is not None and row["label"] != kept_label)
         return "duplicate"
     seen[digest] = (oid, row["label"])
+    known[oid] = digest
     report.ingested += 1
     return "added"
 
@@ -249,7 +252,7 @@ def ingest(src: str | Path, store_dir: str | Path, fmt: str = "ecotaxa", **optio
     Options: ``source`` (name, default the folder name), ``constants`` (CLI ``--set``; dict or
     ``["key=value"]``, applied to every record and recorded in raw/ as ``user_set:<key>``),
     ``strict`` (raise :class:`IngestError` at the first bad record; nothing is written),
-    ``progress``, ``batch_size``; IFCB: ``positions`` (CSV bin,lat,lon,depth),
+    ``progress``, ``batch_size``, ``codec`` (``lz4hc`` fast reads | ``zstd`` small; new stores); IFCB: ``positions`` (CSV bin,lat,lon,depth),
     ``pixel_size_um``; folder: ``metadata`` (CSV/Parquet), ``mapping`` (field → column).
     Re-running is idempotent; a killed run resumes when run again.
     """

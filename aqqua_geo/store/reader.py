@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -20,25 +22,56 @@ from aqqua_geo.store.writer import raw_path, shard_path
 
 
 class ShardReader:
-    """Reads images from the shards of one store; picklable (handles are per process)."""
+    """Reads images from the shards of one store; picklable (LMDB handles are per process)."""
 
     def __init__(self, store_dir: str | Path):
         self.store_dir = Path(store_dir)
+        self._envs: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store_dir": self.store_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["store_dir"])
+
+    def _env(self, shard: int, refresh: bool = False):
+        if refresh or os.getpid() != self._pid:
+            self._envs, self._pid = {}, os.getpid()
+        env = self._envs.get(shard)
+        if env is None:
+            env = self._envs[shard] = open_env(shard_path(self.store_dir, shard))
+        return env
 
     def get_many(self, object_ids: Sequence[str], shards: Sequence[int]) -> list[np.ndarray]:
         """Decode the images of *object_ids* (one read transaction per shard)."""
+        if len(object_ids) == 1:  # the random-access path: keep it short
+            return [self._get(object_ids[0], int(shards[0]))]
         out: list[np.ndarray | None] = [None] * len(object_ids)
         by_shard: dict[int, list[int]] = {}
         for i, s in enumerate(shards):
             by_shard.setdefault(int(s), []).append(i)
         for shard, idx in by_shard.items():
-            with open_env(shard_path(self.store_dir, shard)).begin(buffers=True) as txn:
+            with self._begin(shard) as txn:
                 for i in idx:
-                    blob = txn.get(object_ids[i].encode("utf-8"))
-                    if blob is None:
-                        raise KeyError(f"{object_ids[i]}: in metadata but not in {shard_path(self.store_dir, shard)}")
-                    out[i] = codec.decode(blob)
+                    out[i] = self._decode(txn, object_ids[i], shard)
         return out  # type: ignore[return-value]
+
+    def _begin(self, shard: int):
+        try:
+            return self._env(shard).begin(buffers=True)
+        except lmdb.Error:  # handle closed by a writer in this process: reopen
+            return self._env(shard, refresh=True).begin(buffers=True)
+
+    def _get(self, object_id: str, shard: int) -> np.ndarray:
+        with self._begin(shard) as txn:
+            return self._decode(txn, object_id, shard)
+
+    def _decode(self, txn, object_id: str, shard: int) -> np.ndarray:
+        blob = txn.get(object_id.encode("utf-8"))
+        if blob is None:
+            raise KeyError(f"{object_id}: in metadata but not in {shard_path(self.store_dir, shard)}")
+        return codec.decode(blob)
 
     def close(self) -> None:
         """Close this store's shard handles in this process."""

@@ -132,6 +132,7 @@ class StoreWriter:
         batch_size: int = 512,
         shard_max_bytes: int = DEFAULT_SHARD_BYTES,
         source_info: dict[str, Any] | None = None,
+        codec: str | None = None,
     ):
         if not source or not str(source).strip():
             raise ValueError("StoreWriter: source name must be a non-empty string")
@@ -142,6 +143,7 @@ class StoreWriter:
         self.source_info = dict(source_info or {})
         self.batch_size = int(batch_size)
         self.shard_max_bytes = int(shard_max_bytes)
+        self.codec = codec  # None: the store's codec, or codec.DEFAULT_CODEC for a new store
         self.report = WriterReport()
         self._lock_fh = None
         self._used_shards: set[int] = set()
@@ -173,6 +175,9 @@ class StoreWriter:
             self._manifest = read_manifest(self.store_dir)
         else:
             self._manifest = new_manifest()
+        if self.codec is None:
+            self.codec = self._manifest.get("codec", {}).get("name", codec.DEFAULT_CODEC)
+        codec.codec_info(self.codec)  # unknown name → KeyError now, not mid-ingest
         self._journal = self.store_dir / JOURNAL
         self._journal.mkdir(exist_ok=True)
         for tmp in self._journal.glob(".tmp-*"):
@@ -268,7 +273,7 @@ class StoreWriter:
             channels=int(image.shape[2]) if image.ndim == 3 else 1,
             content_hash=digest, shard=self._shard,
         )
-        self._buffer.append((object_id, codec.encode(image), self._shard))
+        self._buffer.append((object_id, codec.encode(image, self.codec), self._shard))
         self._rows["metadata"].append(row)
         self._rows["raw"].append({**raw_row, "kept_object_id": object_id})
         self._by_id[object_id] = digest
@@ -307,9 +312,14 @@ class StoreWriter:
         for oid, blob, shard in self._buffer:
             by_shard.setdefault(shard, []).append((oid, blob))
         for shard, items in by_shard.items():
+            items = sorted((oid.encode("utf-8"), blob) for oid, blob in items)
             with self._env(shard).begin(write=True) as txn:
-                for oid, blob in items:
-                    txn.put(oid.encode("utf-8"), blob)
+                cursor = txn.cursor()
+                # keys past the last one are appended: LMDB then fills pages instead of splitting them
+                if not cursor.last() or cursor.key() < items[0][0]:
+                    cursor.putmulti(items, append=True)
+                else:
+                    cursor.putmulti(items)
         name = f"batch-{self._next_batch:06d}"
         tmp = self._journal / f".tmp-{name}"
         tmp.mkdir()
@@ -397,6 +407,7 @@ class StoreWriter:
             entry["n_rejected"] = int((rej["source"] == source).sum())
             entry["n_duplicates"] = int((dup["source"] == source).sum())
             entry["package_version"] = package_version()
+            entry.setdefault("codec", self.codec)
             entries[source] = entry
         m["sources"] = list(entries.values())
         shard_counts = df["shard"].value_counts()
@@ -405,7 +416,8 @@ class StoreWriter:
              "bytes": p.stat().st_size}
             for p in sorted((self.store_dir / "images").glob("shard-*.lmdb"))
         ]
-        m["codec"] = dict(codec.CODEC, version=codec.CODEC_VERSION)
+        if not m.get("codec"):  # the store's default codec: the first writer's
+            m["codec"] = codec.codec_info(self.codec)
         return m
 
     def _release(self) -> None:

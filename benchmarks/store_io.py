@@ -1,0 +1,187 @@
+"""AqQua store I/O benchmark: ingest throughput, bytes on disk, random read+decode vs PNG files.
+
+Data: the real bundled vignettes (UVP6 PNGs, ZooScan JPGs of EcoTaxa m106, IFCB ROIs of the
+two raw bins) repeated with augmentation (90° rotations, flips, random crops keeping 70-100 %
+of each side) until N distinct images (distinct pixel hashes). The baseline is the same
+images as individual PNG files read with PIL. Everything is measured in this one run.
+
+    python benchmarks/store_io.py --n 10000            # prints figures and ratios
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import blosc2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from aqqua_geo import data
+from aqqua_geo.ingest import ingest
+from aqqua_geo.ingest.common import decode_image
+from aqqua_geo.ingest.ifcb import iter_ifcb
+from aqqua_geo.store import AqquaStore, codec
+
+
+def real_images() -> list[np.ndarray]:
+    """All bundled real vignettes as uint8 arrays."""
+    out = [decode_image(p.read_bytes(), str(p)) for p in sorted(data.path("uvp6_vignettes").rglob("*.png"))]
+    out += [decode_image(p.read_bytes(), str(p)) for p in sorted(data.path("ecotaxa_m106").rglob("*.jpg"))]
+    out += [it.image() for it in iter_ifcb(data.path("ifcb")) if getattr(it, "image", None)]
+    return out
+
+
+def augmented(base: list[np.ndarray], n: int, seed: int) -> list[np.ndarray]:
+    """*n* images with distinct pixel hashes derived from *base*."""
+    rng = np.random.default_rng(seed)
+    out, seen = [], set()
+    with tqdm(total=n, desc="augment", unit="img") as bar:
+        while len(out) < n:
+            img = base[len(out) % len(base)]
+            img = np.rot90(img, int(rng.integers(4)))
+            if rng.random() < 0.5:
+                img = img[:, ::-1]
+            h, w = img.shape[:2]
+            ch, cw = max(4, int(h * rng.uniform(0.7, 1.0))), max(4, int(w * rng.uniform(0.7, 1.0)))
+            y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+            img = np.ascontiguousarray(img[y : y + ch, x : x + cw])
+            key = codec.content_hash(img)
+            if key not in seen:
+                seen.add(key)
+                out.append(img)
+                bar.update()
+    return out
+
+
+def disk_bytes(paths: list[Path]) -> tuple[int, int]:
+    """(apparent bytes, allocated bytes) of *paths* (files) — small files cost whole blocks."""
+    st = [p.stat() for p in paths]
+    return sum(s.st_size for s in st), sum(s.st_blocks * 512 for s in st)
+
+
+def codec_table(images: list[np.ndarray], png_bytes: int) -> list[tuple[str, float, float]]:
+    """Bytes (× PNG) and decode µs/image of blosc2 settings on the same images."""
+    rows = []
+    settings = [
+        ("LZ4 5", blosc2.Codec.LZ4, 5, blosc2.Filter.NOFILTER),
+        ("LZ4HC 9 (default)", blosc2.Codec.LZ4HC, 9, blosc2.Filter.NOFILTER),
+        ("ZSTD 3", blosc2.Codec.ZSTD, 3, blosc2.Filter.NOFILTER),
+        ("ZSTD 5 (codec=zstd)", blosc2.Codec.ZSTD, 5, blosc2.Filter.NOFILTER),
+        ("ZSTD 5 + BITSHUFFLE", blosc2.Codec.ZSTD, 5, blosc2.Filter.BITSHUFFLE),
+        ("ZSTD 9", blosc2.Codec.ZSTD, 9, blosc2.Filter.NOFILTER),
+    ]
+    for name, c, level, filt in settings:
+        blobs = [blosc2.compress2(im, typesize=1, codec=c, clevel=level, filters=[filt], filters_meta=[0]) for im in images]
+        t = time.perf_counter()
+        for b in blobs:
+            blosc2.decompress2(b)
+        dt = time.perf_counter() - t
+        rows.append((name, sum(map(len, blobs)) / png_bytes, 1e6 * dt / len(blobs)))
+    return rows
+
+
+def png_read_rate(png_dir: Path, ids: list[str]) -> float:
+    """Images/s reading + decoding the PNG files of *ids* with PIL, in that (random) order."""
+    for oid in ids[:200]:  # warm-up: imports, page cache
+        with Image.open(png_dir / f"{oid}.png") as im:
+            np.asarray(im)
+    t = time.perf_counter()
+    for oid in tqdm(ids, desc="PNG random read", unit="img"):
+        with Image.open(png_dir / f"{oid}.png") as im:
+            np.asarray(im)
+    return len(ids) / (time.perf_counter() - t)
+
+
+def measure_store(codec_name: str, store: Path, png_dir: Path, images: list[np.ndarray], ids: list[str],
+                  order: np.ndarray, png_rate: float, png_apparent: int, png_alloc: int) -> None:
+    """Ingest the PNG folder into a store with *codec_name*, then time random reads; print ratios."""
+    t = time.perf_counter()
+    rep = ingest(png_dir, store, fmt="folder", source="bench", codec=codec_name, progress=True,
+                 constants=["instrument=UVP6", "pixel_size_um=73", "datetime=2020-01-01T00:00Z", "lat=0", "lon=0", "depth=10"])
+    ingest_s = time.perf_counter() - t
+    assert rep.ingested == len(images), rep.summary()
+    files = [p for p in store.rglob("*") if p.is_file() and not p.name.endswith("lock")]
+    apparent, alloc = disk_bytes(files)
+    shards, _ = disk_bytes(list((store / "images").glob("*.lmdb")))
+    s = AqquaStore(store)
+    for oid in ids[:200]:
+        s.get(oid)
+    png_rate = max(png_rate, png_read_rate(png_dir, ids))  # the machine is shared: the baseline's best
+    t = time.perf_counter()
+    for oid in tqdm(ids, desc=f"store[{codec_name}] random read", unit="img"):
+        s.get(oid)
+    rate = len(ids) / (time.perf_counter() - t)
+    for oid in ids[:50]:  # what was timed is right
+        np.testing.assert_array_equal(s.get(oid), images[int(oid[3:])])
+    ds = s.torch_dataset()
+    n = min(2000, len(order))
+    t = time.perf_counter()
+    for i in order[:n]:
+        ds[int(i)]
+    ds_rate = n / (time.perf_counter() - t)
+    print(f"-- store, codec {codec_name}:")
+    print(f"   ingest (PNG decode + hash + blosc2 + LMDB + Parquet): {len(images) / ingest_s:.0f} images/s ({ingest_s:.1f} s)")
+    print(f"   bytes: {apparent / 1e6:.2f} MB apparent = allocated {alloc / 1e6:.2f} MB "
+          f"(LMDB images {shards / 1e6:.2f} MB, rest Parquet/manifest)")
+    print(f"   random read+decode {rate:.0f} images/s (PNG+PIL best {png_rate:.0f}); torch Dataset {ds_rate:.0f} items/s")
+    print(f"   RATIO read speed store/PNG      = {rate / png_rate:5.2f}x   (goal >= 5x)")
+    print(f"   RATIO bytes store/PNG apparent  = {apparent / png_apparent:5.2f}x   (goal <= 1.0x)")
+    print(f"   RATIO bytes store/PNG allocated = {alloc / png_alloc:5.2f}x   (disk use: small PNG files fill whole blocks)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000, help="number of distinct images")
+    ap.add_argument("--reads", type=int, default=5_000, help="random reads per method")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp dir, removed)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="aqqua_bench_", dir=args.workdir))
+    try:
+        run(args, work)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    base = real_images()
+    images = augmented(base, args.n, args.seed)
+    print(f"{len(base)} real vignettes (UVP6, ZooScan, IFCB) -> {len(images)} distinct images, "
+          f"median {int(np.median([im.shape[0] for im in images]))}x{int(np.median([im.shape[1] for im in images]))} px")
+
+    png_dir = work / "png"
+    png_dir.mkdir()
+    paths = []
+    for i, im in enumerate(tqdm(images, desc="write PNG", unit="img")):
+        p = png_dir / f"img{i:06d}.png"
+        Image.fromarray(im).save(p)  # PIL defaults, as most instrument software writes them
+        paths.append(p)
+    png_apparent, png_alloc = disk_bytes(paths)
+
+    rng = np.random.default_rng(args.seed + 1)
+    order = rng.permutation(len(images))[: args.reads]
+    ids = [f"img{i:06d}" for i in order]
+    png_rate = png_read_rate(png_dir, ids)
+
+    print("\n== AqQua store I/O (single process, page cache warm for both) ==")
+    print(f"PNG files (PIL defaults): {png_apparent / 1e6:.2f} MB apparent, {png_alloc / 1e6:.2f} MB allocated "
+          f"({len(paths)} files); random read+decode {png_rate:.0f} images/s")
+    for name in ("lz4hc", "zstd"):
+        measure_store(name, work / f"store_{name}", png_dir, images, ids, order, png_rate, png_apparent, png_alloc)
+
+    print("\nblosc2 settings on the same images (bytes relative to the PNG files, decode time):")
+    sample = images[: min(2000, len(images))]
+    for name, ratio, us in codec_table(sample, sum(p.stat().st_size for p in paths[: len(sample)])):
+        print(f"  {name:22s} {ratio:5.2f}x PNG  {us:6.1f} us/image")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_MININTERVAL", "1")
+    main()
