@@ -265,3 +265,27 @@ def test_decode_image_cases():
     with pytest.raises(InvalidRecord, match="x.png: cannot decode image") as e:
         decode_image(buf.getvalue()[:-30], "x.png")
     assert e.value.reason == "corrupt_image"
+
+
+def test_ifcb_position_from_header(ifcb, tmp_path):
+    src = tmp_path / "bin"
+    shutil.copytree(ifcb / "D20130526T095207_IFCB013", src)
+    hdr = src / "D20130526T095207_IFCB013.hdr"
+    hdr.write_text(hdr.read_text() + "gpsLatitude: 41.3250\ngpsLongitude: -70.5667\ndepth: 4.5\n")
+    rep = ingest(src, tmp_path / "s", fmt="ifcb", pixel_size_um=0.3, progress=False)
+    assert rep.ingested == 19
+    r = AqquaStore(tmp_path / "s").record(0)
+    assert (r["lat"], r["lon"], r["depth_min"], r["pixel_size_um"]) == (41.325, -70.5667, 4.5, 0.3)
+
+
+def test_ecotaxa_uvp_pixel_in_mm(m106, tmp_path):
+    src = tmp_path / "uvp"
+    shutil.copytree(m106 / "import_test/m106_mn01_n2_sml", src)
+    tsv = src / "ecotaxa_m106_mn01_n2_sml.tsv"
+    text = tsv.read_text().replace("\t10.6\t", "\t0.094\t").replace("\tepson\t", "\tuvp5hd\t")
+    tsv.write_text(text)
+    ingest(src, tmp_path / "s", fmt="ecotaxa", progress=False)
+    r = AqquaStore(tmp_path / "s").record(0)
+    assert r["instrument"] == "UVP5" and r["pixel_size_um"] == pytest.approx(94.0)
+    raw = AqquaStore(tmp_path / "s").raw()
+    assert raw["pixel_size_um_source"].iloc[0] == "process_pixel=0.094 mm"

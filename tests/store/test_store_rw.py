@@ -230,3 +230,14 @@ def test_second_writer_is_refused(tmp_path):
 def test_not_a_store(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an AqQua store"):
         AqquaStore(tmp_path)
+
+
+def test_shards_roll_over(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (40, 40), dtype=np.uint8) for _ in range(9)]
+    _write(tmp_path, "a", [(f"o{i}", im, _rec()) for i, im in enumerate(imgs)], batch_size=3, shard_max_bytes=1)
+    s = AqquaStore(tmp_path)
+    assert sorted(set(s.metadata["shard"])) == [0, 1, 2]
+    assert [x["n_objects"] for x in s.manifest["shards"]] == [3, 3, 3]
+    assert all((s.get(f"o{i}") == imgs[i]).all() for i in range(9))
+    assert [len(ims) for _, ims in s.iter_chunks(chunk_size=4)] == [4, 4, 1]
