@@ -13,15 +13,18 @@ Segmentation
     threshold on ``|grey - background|`` (this covers both polarities and IFCB's bright halos):
     hysteresis between Otsu's (or the triangle) threshold of that contrast and half of it, never
     below a noise floor estimated from the border, so that the faint body of a cell whose rim passes
-    the threshold is kept. A 2-pixel closing joins fragments, holes are filled, and the largest
-    8-connected object reaching the central half of the image is kept (ZooProcess and WHOI's
-    ifcb-features describe the largest blob; preferring the centre ignores the legend and scale
-    bar printed in the margin of ZooProcess vignettes). Given masks are measured on their largest
-    blob, as WHOI does. The background is read on the border, so a vignette cropped inside the
-    organism (no background margin) is not segmented correctly; instrument vignettes (UVP, ZooScan,
-    IFCB, FlowCam) keep a margin. Known limit: in a ZooProcess vignette whose organism is much
-    fainter than the black legend, Otsu's threshold is set by the legend and the organism is missed
-    (the legend is then measured); EcoTaxa's own ZooProcess features cover those.
+    the threshold is kept. A 2-pixel closing joins fragments and holes are filled.
+
+    The main 8-connected object is kept (:func:`main_object`): the largest solid one, or a
+    central one of comparable size. ZooProcess and WHOI's ifcb-features also describe the largest
+    blob; the solidity and centre rules ignore the corner marks, legend and scale bar printed in
+    the margins of ZooProcess vignettes. When only margin objects pass the threshold of a
+    bright-field image (a black legend sets Otsu's threshold above a faint organism), they are
+    masked out and the image is thresholded again. Corner marks touching the organism stay in its
+    mask (a few % of its area). Given masks are measured on their largest blob, as WHOI does.
+
+    The background is read on the border, so a vignette cropped inside the organism (no
+    background margin) is not segmented correctly; instrument vignettes keep a margin.
 
 Units (in the key names): ``_um`` µm, ``_um2`` µm², ``_um3`` µm³, ``_px`` pixels, ``_deg`` degrees;
 grey statistics are raw 8-bit grey levels of the image as stored (0 = black); ratios are unitless.
@@ -86,6 +89,7 @@ TRAIT_KEYS: tuple[str, ...] = tuple(TRAIT_UNITS)
 _NOISE_SIGMAS = 4.0  # threshold floor, in robust standard deviations of the border noise
 _MIN_CONTRAST = 3.0  # grey levels: an image flatter than this holds no object
 _HYSTERESIS_LOW = 0.5  # low/high ratio of the hysteresis threshold
+_CENTRAL_MIN_RATIO = 0.25  # a central object this solid (vs the largest) is preferred to it
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
@@ -124,7 +128,7 @@ def background_level(grey: np.ndarray) -> tuple[float, bool, float]:
 
 
 def segment(image: np.ndarray, method: str | float = "otsu", closing_radius: int = 2) -> np.ndarray:
-    """Boolean mask of the organism in *image* (largest object, holes filled; may be all False).
+    """Boolean mask of the organism in *image* (main object, holes filled; may be all False).
 
     ``method``: ``"otsu"`` or ``"triangle"``: hysteresis thresholding of the contrast to the
     background, high = Otsu's (or the triangle) threshold, low = half of it, both at least 4 σ of
@@ -134,46 +138,76 @@ def segment(image: np.ndarray, method: str | float = "otsu", closing_radius: int
 
 
 def _segment(grey: np.ndarray, method: str | float, closing_radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels above the threshold, filled largest object) of a grey image."""
-    from scipy import ndimage as ndi
-    from skimage.filters import apply_hysteresis_threshold, threshold_otsu, threshold_triangle
-
+    """(pixels above the threshold, filled main object) of a grey image."""
     empty = np.zeros(grey.shape, bool)
     if min(grey.shape) < 2:
         return empty, empty
-    bg, _, noise = background_level(grey)
+    bg, dark_field, noise = background_level(grey)
     contrast = np.abs(grey - bg)
     if float(contrast.max()) < _MIN_CONTRAST:
         return empty, empty
-    if isinstance(method, str):
-        if method == "otsu":
-            high = float(threshold_otsu(contrast))
-        elif method == "triangle":
-            high = float(threshold_triangle(contrast))
-        else:
-            raise ValueError(f"segment: unknown method {method!r} (expected 'otsu', 'triangle' or a number)")
-        floor = max(_NOISE_SIGMAS * noise, 1.0)
-        low = max(_HYSTERESIS_LOW * high, floor)
-        # hysteresis keeps the faint body of cells whose rim or organelles pass the threshold
-        above = apply_hysteresis_threshold(contrast, low, max(high, low))
+    above = _threshold(contrast, method, noise)
+    closed = _close_and_fill(above, closing_radius)
+    obj = main_object(closed)
+    if isinstance(method, str) and not dark_field and obj.any() and not _reaches_centre(obj):
+        # Only margin objects (a black legend printed on a bright-field ZooProcess vignette)
+        # passed a threshold that they set themselves: threshold again without them, for a
+        # fainter organism in the centre.
+        rest = np.where(closed, 0.0, contrast)
+        if float(rest.max()) >= _MIN_CONTRAST:
+            above2 = _threshold(rest, method, noise)
+            obj2 = main_object(_close_and_fill(above2, closing_radius))
+            if _reaches_centre(obj2) and obj2.sum() >= _CENTRAL_MIN_RATIO * obj.sum():
+                return above2, obj2
+    return above, obj
+
+
+def _threshold(contrast: np.ndarray, method: str | float, noise: float) -> np.ndarray:
+    from skimage.filters import apply_hysteresis_threshold, threshold_otsu, threshold_triangle
+
+    if not isinstance(method, str):
+        return contrast > float(method)
+    if method == "otsu":
+        high = float(threshold_otsu(contrast))
+    elif method == "triangle":
+        high = float(threshold_triangle(contrast))
     else:
-        above = contrast > float(method)
+        raise ValueError(f"segment: unknown method {method!r} (expected 'otsu', 'triangle' or a number)")
+    floor = max(_NOISE_SIGMAS * noise, 1.0)
+    low = max(_HYSTERESIS_LOW * high, floor)
+    # hysteresis keeps the faint body of cells whose rim or organelles pass the threshold
+    return apply_hysteresis_threshold(contrast, low, max(high, low))
+
+
+def _close_and_fill(above: np.ndarray, closing_radius: int) -> np.ndarray:
+    from scipy import ndimage as ndi
+
     closed = above
     if closing_radius > 0:
         # pad so that objects touching the border are not eroded by the closing
         r = closing_radius
         structure = np.ones((2 * r + 1, 2 * r + 1), bool)
         closed = ndi.binary_closing(np.pad(above, r), structure=structure)[r:-r, r:-r]
-    return above, main_object(ndi.binary_fill_holes(closed))
+    return ndi.binary_fill_holes(closed)
+
+
+def _centre_box(shape: tuple[int, ...]) -> tuple[slice, slice]:
+    h, w = shape[:2]
+    return slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
+
+
+def _reaches_centre(mask: np.ndarray) -> bool:
+    return bool(mask[_centre_box(mask.shape)].any())
 
 
 def main_object(mask: np.ndarray) -> np.ndarray:
-    """The vignette's subject: the 8-connected component of *mask* with the largest solid area
-    (pixels that survive a 3×3 opening) among those reaching the central half of the image.
+    """The vignette's subject among the 8-connected components of *mask*.
 
-    Thin lines (the corner marks, legend and scale bar of ZooProcess vignettes) have no solid
-    area, and objects cut by the frame edge rarely reach the centre; without any solid central
-    component the largest component is kept.
+    Components are ranked by solid area (pixels that survive a 3×3 opening: thin lines such as the
+    corner marks, legend and scale bar of ZooProcess vignettes have none). The largest solid
+    component wins, unless another one reaching the central half of the image is at least
+    :data:`_CENTRAL_MIN_RATIO` as solid (the subject is near the centre, legends are in the
+    margins; UVP6 vignettes are left-aligned, so the centre cannot be required).
     """
     from scipy import ndimage as ndi
 
@@ -184,15 +218,14 @@ def main_object(mask: np.ndarray) -> np.ndarray:
     sizes[0] = 0
     solid = np.bincount(labels[ndi.binary_opening(mask, structure=np.ones((3, 3), bool))], minlength=n + 1)
     solid[0] = 0
-    h, w = mask.shape
-    centre = labels[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    if solid.max() == 0:
+        return labels == int(np.argmax(sizes))
+    best = int(np.argmax(solid))
+    centre = labels[_centre_box(mask.shape)]
     candidates = np.unique(centre[centre > 0])
-    if candidates.size and solid[candidates].max() > 0:
-        best = candidates[np.argmax(solid[candidates])]
-    elif solid.max() > 0:
-        best = int(np.argmax(solid))
-    else:
-        best = int(np.argmax(sizes))
+    candidates = candidates[solid[candidates] >= _CENTRAL_MIN_RATIO * solid[best]]
+    if candidates.size and best not in candidates:
+        best = int(candidates[np.argmax(solid[candidates])])
     return labels == best
 
 

@@ -155,6 +155,15 @@ def test_subject_is_the_solid_central_object_not_the_legend():
     assert measure(img, 1.0)["area_px"] == pytest.approx(400, abs=40)
 
 
+def test_faint_organism_is_found_despite_a_black_legend():
+    img = np.full((120, 100), 255, np.uint8)
+    img[45:65, 40:60] = 225  # faint organism: contrast 30
+    img[105:115, 5:95] = 0  # black legend: contrast 255 sets Otsu's threshold
+    mask = segment(img)
+    assert mask[55, 50] and not mask[110, 50]
+    assert mask.sum() == pytest.approx(400, abs=40)
+
+
 def test_empty_and_flat_images_give_nan_traits():
     for img in (np.zeros((20, 30), np.uint8), np.full((20, 30), 128, np.uint8), np.zeros((1, 5), np.uint8)):
         m = measure(img, 5.0)
