@@ -4,11 +4,13 @@ The student is a smaller :class:`~aqqua_geo.foundation.vit.PlanktonViT` (ViT-Ti-
 default, from :func:`~aqqua_geo.foundation.vit.build_backbone`) that sees the same packed
 native-resolution images as the teacher. Losses, per image:
 
-- embedding matching on the CLS token: ``(1 − cos(P s, t)) + smooth_L1(P s, t)``, where ``P``
-  is a linear projection student → teacher width (identity when the widths agree);
+- embedding matching on the CLS token: ``(1 − cos(P s, t̃)) + smooth_L1(P s, t̃)``, where
+  ``t̃`` is the teacher embedding standardised per dimension (mean/std over the store) and ``P``
+  a linear projection student → teacher width (identity when the widths agree);
 - optionally class outputs: ``τ² · KL(softmax(z_t/τ) ‖ softmax(z_s/τ))`` with the logits of a
   linear classifier (:class:`~aqqua_geo.foundation.classify.LinearProbe` bundle) applied to the
-  teacher embedding and to the projected student embedding (Hinton et al. 2015).
+  teacher embedding and to the projected student embedding mapped back to teacher space
+  (Hinton et al. 2015).
 
 The packed interface (variable numbers of variable-size images) does not map onto a static
 ONNX graph: :func:`export_onnx` exports a fixed-shape single-image wrapper
@@ -80,6 +82,7 @@ def distill(teacher_path: str | Path, store, out_dir: str | Path, *, student_cfg
     import torch
     from tqdm.auto import tqdm
 
+    from aqqua_geo.foundation.embed import embed_images
     from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
     from aqqua_geo.store import AqquaStore
 
@@ -109,6 +112,10 @@ def distill(teacher_path: str | Path, store, out_dir: str | Path, *, student_cfg
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     images = store.get_many(range(len(store)))
     px = store.metadata["pixel_size_um"].to_numpy(dtype=np.float64)
+    # Match standardised teacher embeddings: SSL features can vary across images in a small
+    # part of each dimension's range, which a raw regression target would all but ignore.
+    t_all = torch.as_tensor(embed_images(teacher, images, list(px), device=device), device=device)
+    t_mean, t_scale = t_all.mean(dim=0), t_all.std(dim=0).clamp_min(1e-6)
     steps_per_epoch = -(-len(images) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=min(0.3, 1 / epochs))
@@ -122,11 +129,11 @@ def distill(teacher_path: str | Path, store, out_dir: str | Path, *, student_cfg
             views = [_augment(images[i], rng) for i in batch]
             with torch.no_grad():
                 t_emb = forward_images(teacher, views, px[batch], device)["cls"]
-            s_emb = proj(forward_images(student, views, px[batch], device)["cls"])
+            s_std = proj(forward_images(student, views, px[batch], device)["cls"])
             s_logits = t_logits = None
-            if probe is not None:
-                t_logits, s_logits = _torch_logits(probe, t_emb), _torch_logits(probe, s_emb)
-            terms = distillation_loss(s_emb, t_emb, s_logits, t_logits, kd_temperature, kd_weight)
+            if probe is not None:  # the probe reads teacher-space embeddings: undo the standardisation
+                t_logits, s_logits = _torch_logits(probe, t_emb), _torch_logits(probe, s_std * t_scale + t_mean)
+            terms = distillation_loss(s_std, (t_emb - t_mean) / t_scale, s_logits, t_logits, kd_temperature, kd_weight)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 3.0)
@@ -141,6 +148,7 @@ def distill(teacher_path: str | Path, store, out_dir: str | Path, *, student_cfg
     student.eval()
     extra = {"distill": {"teacher_sha256": file_sha256(teacher_path), "history": history,
                          "projection": {k: v.detach().cpu() for k, v in proj.state_dict().items()},
+                         "teacher_mean": t_mean.cpu(), "teacher_scale": t_scale.cpu(),
                          "kd_temperature": kd_temperature, "with_classifier": probe is not None}}
     return save_backbone(student, Path(out_dir) / "student.pt", extra=extra)
 
