@@ -126,11 +126,19 @@ def apply_fsdp(meta: nn.Module, mixed_precision: bool) -> None:
     """Shard student and teacher with FSDP2, block by block (bf16 compute if asked)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    kwargs = {}
+    # Reshard after every forward, roots included (FSDP2 keeps roots unsharded by default):
+    # the EMA update and AdamW then see sharded DTensors only.
+    kwargs = {"reshard_after_forward": True}
     if mixed_precision:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    empty = [name for name, p in meta.named_parameters() if p.numel() == 0]
+    if empty:  # FSDP2 cannot shard them, and leaving them out breaks the foreach EMA/AdamW kernels
+        raise ValueError(
+            f"train.distributed=fsdp cannot shard zero-size parameters {empty[:2]}; "
+            "set model.num_register_tokens >= 1 (DINOv2-reg uses 4)"
+        )
     for tower in (meta.student, meta.teacher):
         for block in tower["backbone"].blocks:
             fully_shard(block, **kwargs)
-        for name, module in tower.items():
+        for module in tower.values():
             fully_shard(module, **kwargs)
