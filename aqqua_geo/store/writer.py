@@ -171,13 +171,14 @@ class StoreWriter:
             self._lock_fh.close()
             self._lock_fh = None
             raise RuntimeError(f"{self.store_dir}: another process is writing to this store") from None
-        if (self.store_dir / MANIFEST).exists():
-            self._manifest = read_manifest(self.store_dir)
-        else:
-            self._manifest = new_manifest()
-        if self.codec is None:
-            self.codec = self._manifest.get("codec", {}).get("name", codec.DEFAULT_CODEC)
-        codec.codec_info(self.codec)  # unknown name → KeyError now, not mid-ingest
+        try:
+            self._manifest = read_manifest(self.store_dir) if (self.store_dir / MANIFEST).exists() else new_manifest()
+            if self.codec is None:
+                self.codec = self._manifest.get("codec", {}).get("name", codec.DEFAULT_CODEC)
+            codec.codec_info(self.codec)  # unknown name → KeyError now, not mid-ingest
+        except BaseException:
+            self._release()
+            raise
         self._journal = self.store_dir / JOURNAL
         self._journal.mkdir(exist_ok=True)
         for tmp in self._journal.glob(".tmp-*"):
