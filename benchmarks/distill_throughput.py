@@ -69,10 +69,12 @@ def main() -> None:
     ap.add_argument("--teacher", type=Path, required=True)
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--store", type=Path, help="labelled store (default: the bundled UVP6 vignettes)")
+    # defaults: a student for the tiny-config teacher (64-d, 4 blocks, 8-px patches)
     ap.add_argument("--embed-dim", type=int, default=32)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--num-heads", type=int, default=2)
-X
+    ap.add_argument("--patch-size", type=int, default=16,
+                    help="student patch size (0: the teacher's); 16 = 4x fewer tokens than the tiny teacher")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
