@@ -74,6 +74,14 @@ def decode(blob: bytes | memoryview) -> np.ndarray:
     return out
 
 
+def blob_size(blob: bytes | memoryview) -> int:
+    """Total length of the blob whose first bytes are *blob* (header + blosc2 chunk)."""
+    magic, version, *_ = _HEADER.unpack_from(blob)
+    if magic != MAGIC or version != CODEC_VERSION:
+        raise ValueError(f"not an aqqua image blob (magic={magic!r}, version={version})")
+    return _HEADER.size + blosc2.get_cbuffer_sizes(memoryview(blob)[_HEADER.size : _HEADER.size + 32])[1]
+
+
 def content_hash(image: np.ndarray) -> str:
     """Hash of the decoded pixels and shape (same picture as PNG/TIFF/lossless copy → same hash)."""
     image = _check(image)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aqqua_geo.store import codec
+from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
 from aqqua_geo.store.manifest import read_manifest
 from aqqua_geo.store.schema import DUPLICATES_SCHEMA, HARMONISED_SCHEMA, REJECTED_SCHEMA, to_utc
@@ -68,7 +68,7 @@ class ShardReader:
             return self._decode(txn, object_id, shard)
 
     def _decode(self, txn, object_id: str, shard: int) -> np.ndarray:
-        blob = txn.get(object_id.encode("utf-8"))
+        blob = segments.read(txn, object_id.encode("utf-8"))
         if blob is None:
             raise KeyError(f"{object_id}: in metadata but not in {shard_path(self.store_dir, shard)}")
         return codec.decode(blob)

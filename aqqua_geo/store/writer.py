@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aqqua_geo.store import codec
+from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
 from aqqua_geo.store.manifest import (
     MANIFEST,
@@ -233,8 +233,8 @@ class StoreWriter:
         """
         self._require_open()
         object_id = str(object_id)
-        if not object_id.strip():
-            raise InvalidRecord("bad_row", "object_id is empty")
+        if not object_id.strip() or "\0" in object_id:
+            raise InvalidRecord("bad_row", f"object_id {object_id!r} is empty or contains a NUL character")
         if not isinstance(image, np.ndarray) or image.size == 0:
             raise InvalidRecord("empty_image", f"{object_id}: image has no pixels")
         try:
@@ -313,8 +313,10 @@ class StoreWriter:
         for oid, blob, shard in self._buffer:
             by_shard.setdefault(shard, []).append((oid, blob))
         for shard, items in by_shard.items():
-            items = sorted((oid.encode("utf-8"), blob) for oid, blob in items)
-            with self._env(shard).begin(write=True) as txn:
+            env = self._env(shard)
+            psize = env.stat()["psize"]
+            items = sorted(seg for oid, blob in items for seg in segments.split(oid.encode("utf-8"), blob, psize))
+            with env.begin(write=True) as txn:
                 cursor = txn.cursor()
                 # keys past the last one are appended: LMDB then fills pages instead of splitting them
                 if not cursor.last() or cursor.key() < items[0][0]:

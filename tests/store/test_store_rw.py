@@ -241,3 +241,23 @@ def test_shards_roll_over(tmp_path):
     assert [x["n_objects"] for x in s.manifest["shards"]] == [3, 3, 3]
     assert all((s.get(f"o{i}") == imgs[i]).all() for i in range(9))
     assert [len(ims) for _, ims in s.iter_chunks(chunk_size=4)] == [4, 4, 1]
+
+
+def test_large_images_are_segmented_in_leaf_pages(tmp_path):
+    import lmdb
+
+    rng = np.random.default_rng(2)
+    imgs = {f"o{i}": rng.integers(0, 255, shape, dtype=np.uint8)
+            for i, shape in enumerate([(3, 3), (45, 45), (46, 46), (300, 200), (64, 64, 3)])}
+    _write(tmp_path, "a", [(k, v, _rec()) for k, v in imgs.items()])
+    s = AqquaStore(tmp_path)
+    for k, v in imgs.items():
+        np.testing.assert_array_equal(s.get(k), v)
+    assert [im.shape for _, ims in s.iter_chunks(chunk_size=10) for im in ims] == [v.shape for v in imgs.values()]
+    s.close()
+    env = lmdb.open(str(tmp_path / "images" / "shard-0000.lmdb"), subdir=False, readonly=True, lock=False)
+    try:
+        stat = env.stat()
+    finally:
+        env.close()
+    assert stat["overflow_pages"] == 0 and stat["entries"] > len(imgs)  # 60 KB image → ~30 segments
