@@ -105,13 +105,24 @@ def parse_constants(pairs: dict[str, Any] | list[str] | None) -> dict[str, Any]:
 
 
 def _apply_constants(item: Item, constants: dict[str, Any], raw_constants: dict[str, Any]) -> None:
+    """User constants override the record's fields (and clear their parse errors)."""
     for key, value in constants.items():
         item.fields[key] = value
         item.errors.pop(key, None)
-        if key in ("datetime",):
-            item.errors.pop("datetime", None)
     for key, value in raw_constants.items():
         item.raw[f"user_set:{key}"] = str(value)
+
+
+def _store_state(store_dir: str | Path | None) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
+    """(object id → content hash, content hash → (object id, label)) of an existing store."""
+    if not store_dir or not (Path(store_dir) / "manifest.json").is_file():
+        return {}, {}
+    from aqqua_geo.store import AqquaStore
+
+    table = AqquaStore(store_dir).table
+    ids, hashes = table.column("object_id").to_pylist(), table.column("content_hash").to_pylist()
+    labels = table.column("label").to_pylist()
+    return dict(zip(ids, hashes)), {h: (oid, lab) for oid, h, lab in zip(ids, hashes, labels)}
 
 
 def _iterator(src: Path, fmt: str, options: dict[str, Any], store_dir: Path | None) -> Iterator[Item | FileProblem]:
@@ -149,7 +160,8 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
     from aqqua_geo.store import StoreWriter
 
     src = Path(src)
-    raw_constants = dict(p.split("=", 1) for p in constants) if isinstance(constants, list) else dict(constants or {})
+    raw_constants = (dict(p.split("=", 1) for p in constants) if isinstance(constants, (list, tuple))
+                     else dict(constants or {}))
     constants = parse_constants(constants)
     source = source or src.stem
     report = IngestReport(source=source, fmt=fmt, src=str(src), store_dir=None if store_dir is None else str(store_dir),
@@ -160,19 +172,12 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
     items = _iterator(src, fmt, options, context)
     writer = None
     if store_dir is not None:
+        info = {"constants": {k: str(v) for k, v in raw_constants.items()}}
         writer = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(src.resolve()),
-                             batch_size=batch_size, codec=codec, source_info={"constants": {k: str(v) for k, v in raw_constants.items()}})
+                             batch_size=batch_size, codec=codec, source_info=info)
         writer.open()
-    seen_hashes: dict[str, tuple[str, str | None]] = {}
-    known: dict[str, str] = {}  # dry run into an existing store: object id → content hash
-    against = options.get("against_store")
-    if writer is None and against and (Path(against) / "manifest.json").is_file():
-        from aqqua_geo.store import AqquaStore
-
-        table = AqquaStore(against).table
-        ids, hashes = table.column("object_id").to_pylist(), table.column("content_hash").to_pylist()
-        known = dict(zip(ids, hashes))
-        seen_hashes.update({h: (oid, lab) for oid, h, lab in zip(ids, hashes, table.column("label").to_pylist())})
+    # dry run: what the writer would know (the store given as against_store, then this run)
+    known, seen_hashes = _store_state(options.get("against_store")) if writer is None else ({}, {})
 
     def reject(file: str, record: str, reason: str, detail: str, raw=None, object_id=None) -> None:
         if strict:
@@ -194,7 +199,8 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
             report.records += 1
             _apply_constants(item, constants, raw_constants)
             oid = item.object_id  # an id seen before: same pixels → exists, other pixels → rejected
-            errors = sorted(item.errors.items(), key=lambda kv: _ERROR_ORDER.index(kv[0]) if kv[0] in _ERROR_ORDER else 99)
+            errors = sorted(item.errors.items(),
+                            key=lambda kv: _ERROR_ORDER.index(kv[0]) if kv[0] in _ERROR_ORDER else len(_ERROR_ORDER))
             try:
                 if errors:
                     raise errors[0][1]
