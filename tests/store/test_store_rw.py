@@ -261,3 +261,17 @@ def test_large_images_are_segmented_in_leaf_pages(tmp_path):
     finally:
         env.close()
     assert stat["overflow_pages"] == 0 and stat["entries"] > len(imgs)  # 60 KB image → ~30 segments
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(min_size=1, max_size=60).filter(lambda s: "\0" not in s),
+       arrays(np.uint8, st.tuples(st.integers(1, 120), st.integers(1, 120))))
+def test_segments_reassemble_in_key_order(object_id, image):
+    from aqqua_geo.store import segments
+
+    key, blob = object_id.encode(), codec.encode(image)
+    parts = segments.split(key, blob)
+    assert [k for k, _ in parts] == sorted(k for k, _ in parts) and parts[0][0] == key
+    assert all(len(k) + len(v) + 8 <= 2038 for k, v in parts)  # every node fits a 4 KiB leaf page
+    txn = dict(parts)
+    np.testing.assert_array_equal(codec.decode(segments.read(txn, key)), image)
