@@ -138,6 +138,29 @@ def iter_ecotaxa(src: Any, *, existing_acq_samples: dict[str, str] | None = None
             yield from _items(tree, name, header, types, line, values, majority, acq_samples, repeated)
 
 
+def _sampled_volume_l(row: dict[str, str], oid: str) -> float | None:
+    """Volume of water behind this object's (sub)sample, in L, or None when not given.
+
+    ``object_sampled_volume_l`` (this package's own export) wins; otherwise EcoTaxa's native
+    ``sample_tot_vol`` (L) and ``acq_sub_part`` (fraction 1/sub_part imaged): V = tot_vol / sub_part,
+    as EcoTaxa computes concentrations. A volume that is given but not a positive number is an error.
+    """
+    own = (row.get("object_sampled_volume_l") or "").strip()
+    if own:
+        return _positive(own, "object_sampled_volume_l", oid)
+    tot, sub = (row.get("sample_tot_vol") or "").strip(), (row.get("acq_sub_part") or "").strip()
+    if not tot or not sub:
+        return None
+    return _positive(tot, "sample_tot_vol", oid) / _positive(sub, "acq_sub_part", oid)
+
+
+def _positive(text: str, col: str, oid: str) -> float:
+    value = parse_float(text, col, oid, "bad_row")
+    if value is None or not value > 0:
+        raise InvalidRecord("bad_row", f"{oid}: {col} = {text!r} is not a positive number")
+    return value
+
+
 def _items(tree, name, header, types, line, values, majority, acq_samples, repeated) -> Iterable[Item]:
     where = f"line {line}"
     file = tree.display(name)
@@ -169,9 +192,13 @@ def _items(tree, name, header, types, line, values, majority, acq_samples, repea
     pixel, pixel_src = _pixel_size(row, instrument, oid)
     fields: dict[str, Any] = {
         "instrument": instrument, "sample_id": row.get("sample_id") or None, "label": label,
-        "label_status": status, "pixel_size_um": pixel, "sampled_volume_l": None,
+        "label_status": status, "pixel_size_um": pixel,
     }
     errors: dict[str, InvalidRecord] = {}
+    try:
+        fields["sampled_volume_l"] = _sampled_volume_l(row, oid)
+    except InvalidRecord as err:
+        errors["sampled_volume_l"] = err
     try:
         fields["datetime"] = parse_date_time(row.get("object_date"), row.get("object_time"), oid)
     except InvalidRecord as err:

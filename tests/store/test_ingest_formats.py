@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import zipfile
+from pathlib import Path
 from datetime import datetime, timezone
 
 import numpy as np
@@ -289,3 +290,27 @@ def test_ecotaxa_uvp_pixel_in_mm(m106, tmp_path):
     assert r["instrument"] == "UVP5" and r["pixel_size_um"] == pytest.approx(94.0)
     raw = AqquaStore(tmp_path / "s").raw()
     assert raw["pixel_size_um_source"].iloc[0] == "process_pixel=0.094 mm"
+
+
+def _with_columns(tsv: Path, columns: dict[str, list[str]]) -> None:
+    """Append [f] columns (one value per data row) to an EcoTaxa import TSV in place."""
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    header, types, rows = lines[0], lines[1], lines[2:]
+    header += "".join(f"\t{name}" for name in columns)
+    types += "\t[f]" * len(columns)
+    rows = [row + "".join(f"\t{values[i]}" for values in columns.values()) for i, row in enumerate(rows)]
+    tsv.write_text("\n".join([header, types, *rows]) + "\n", encoding="utf-8")
+
+
+def test_ecotaxa_sampled_volume_from_tot_vol_and_sub_part(m106, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(m106 / "import_test" / "m106_mn01_n2_sml", src)
+    tsv = next(src.glob("*.tsv"))
+    n = len(tsv.read_text(encoding="utf-8").splitlines()) - 2
+    # EcoTaxa: sample_tot_vol in L, 1/acq_sub_part of it imaged -> V = tot_vol / sub_part
+    _with_columns(tsv, {"sample_tot_vol": ["2500"] * n, "acq_sub_part": ["8"] * (n - 1) + ["0"]})
+    rep = ingest(src, tmp_path / "store", fmt="ecotaxa", progress=False)
+    meta = AqquaStore(tmp_path / "store").metadata
+    assert (meta["sampled_volume_l"] == 2500 / 8).all() and len(meta) == n - 1
+    assert rep.rejected_by_reason == {"bad_row": 1}
+    assert "acq_sub_part = '0' is not a positive number" in rep.rejections[0]["detail"]
