@@ -121,8 +121,6 @@ def run_streamed(model_dir: str, months: int, n_features: int, out: str) -> dict
 
 
 def run_naive(model_dir: str, months: int, n_features: int, out: str) -> dict:
-    import xarray as xr
-
     from aqqua_geo.mapping.model import BRTEnsemble
 
     model = BRTEnsemble.load(model_dir)
@@ -136,7 +134,6 @@ def run_naive(model_dir: str, months: int, n_features: int, out: str) -> dict:
         res = pd_to_xr(df.index, ens)
         res.to_zarr(out, mode="w", consolidated=False)
         wall = time.perf_counter() - t0
-    del xr
     return {"wall_s": wall, "peak_gb": mem.peak / 1e9, "base_gb": mem.base / 1e9,
             "cells": months * N_LAT * N_LON}
 

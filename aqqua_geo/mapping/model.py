@@ -453,7 +453,9 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
         self.best_params_ = params
         self.n_rounds_ = int(self.n_estimators)
         Xf = X[self.features_].astype("f4")
-        yt = y.map_partitions(self._encode_y, meta=(y.name, "f8"))
+        yt = y.map_partitions(
+            lambda s: pd.Series(self._encode_y(s.to_numpy()), index=s.index, name=s.name),
+            meta=(y.name, "f8"))
         both = Xf.assign(__y__=yt)
         self.boosters_, self.smearing_ = [], []
         kw = {k: v for k, v in params.items() if k not in ("eta", "seed", "nthread", "objective")}
