@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import xarray as xr
 
 from aqqua_geo.mapping import predict as P
@@ -151,3 +153,27 @@ def test_netcdf_refuses_incomplete_store(model, tmp_path):
     with pytest.raises(ValueError, match="incomplete"):
         P.write_netcdf(tmp_path / "m.zarr", tmp_path / "m.nc")
     assert not (tmp_path / "m.nc").exists() and not (tmp_path / "m.nc.part").exists()
+
+
+def test_predict_to_zarr_on_a_distributed_cluster_equals_threads(model, tmp_path):
+    from aqqua_geo.mapping.dask_utils import dask_session
+
+    cube = _cube()
+    kw = {"chunks": {"lat": 12, "lon": 36}, "progress": False}
+    with dask_session("threads", progress=False):
+        ref = P.open_product(P.predict_to_zarr(model, cube, tmp_path / "t.zarr", **kw)).load()
+    with dask_session(None, processes=False, n_workers=1, threads_per_worker=2, progress=False) as client:
+        assert client is not None
+        out = P.predict_to_zarr(model, cube, tmp_path / "d.zarr", **kw)
+    xr.testing.assert_identical(P.open_product(out).load().drop_attrs(), ref.drop_attrs())
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0.1, 1000.0), st.floats(1.0, 500.0))
+def test_total_pg_c_is_linear_in_concentration_and_thickness(scale, thickness):
+    lat = np.arange(-89.5, 90, 1.0)
+    lon = np.arange(-179.5, 180, 1.0)
+    conc = xr.DataArray(np.cos(np.radians(lat))[:, None] * np.ones(360), coords={"lat": lat, "lon": lon},
+                        dims=("lat", "lon"))
+    base = P.total_pg_c(conc, 1.0)
+    assert P.total_pg_c(conc * scale, thickness) == pytest.approx(base * scale * thickness, rel=1e-9)
