@@ -70,11 +70,13 @@ def predict_cmd(
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHED_HELP),
     max_regions: Optional[int] = typer.Option(None, help="write at most N regions, then stop (resume later)"),
+    overwrite: bool = typer.Option(False, help="discard an existing OUT/maps.zarr instead of resuming"),
 ) -> None:
     """Predict the fitted ensembles on the cube into OUT/maps.zarr (lazy, resumable, CF)."""
     from aqqua_geo.mapping.workflow import predict_from_config
 
-    path = predict_from_config(_config(config, set_), scheduler=scheduler, max_regions=max_regions)
+    path = predict_from_config(_config(config, set_), scheduler=scheduler, max_regions=max_regions,
+                               overwrite=overwrite)
     typer.echo(f"maps -> {path}")
 
 

@@ -159,7 +159,8 @@ def fit_from_config(cfg: dict[str, Any], progress: bool = True) -> dict[str, Pat
 
 
 def predict_from_config(cfg: dict[str, Any], scheduler: str | None = None,
-                        progress: bool = True, max_regions: int | None = None) -> Path:
+                        progress: bool = True, max_regions: int | None = None,
+                        overwrite: bool = False) -> Path:
     """Predict every fitted product on the cube into ``OUT/maps.zarr`` (resumable)."""
     from aqqua_geo.mapping.dask_utils import dask_session
     from aqqua_geo.mapping.model import BRTEnsemble
@@ -172,7 +173,10 @@ def predict_from_config(cfg: dict[str, Any], scheduler: str | None = None,
         model = BRTEnsemble.load(out / "models" / p["name"])
         products[p["name"]] = Product(model, p.get("kind", "biomass"), p.get("group", p["name"]))
     cube = load_cube(cfg.get("env"))
-    run_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    # only what changes the numbers goes into the resume guard (not the scheduler, not titles)
+    run_cfg = {"env": cfg.get("env"), "products": cfg["products"], "data": cfg["data"],
+               "model": cfg.get("model"), "chunks": pcfg.get("chunks"),
+               "region_size": pcfg.get("region_size")}
     with dask_session(scheduler or pcfg.get("scheduler"), progress=progress,
                       n_workers=pcfg.get("n_workers"),
                       threads_per_worker=pcfg.get("threads_per_worker")):
@@ -180,7 +184,7 @@ def predict_from_config(cfg: dict[str, Any], scheduler: str | None = None,
             products, cube, out / "maps.zarr", chunks=pcfg.get("chunks"),
             region_size=pcfg.get("region_size"), netcdf_path=out / "maps.nc" if pcfg.get("netcdf") else None,
             title=cfg.get("title", f"aqqua-geo maps: {cfg.get('name', out.name)}"),
-            config=run_cfg, progress=progress, max_regions=max_regions)
+            config=run_cfg, progress=progress, max_regions=max_regions, overwrite=overwrite)
 
 
 def plot_from_config(cfg: dict[str, Any], projection: str | None = None) -> list[Path]:
