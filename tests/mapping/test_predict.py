@@ -177,3 +177,14 @@ def test_total_pg_c_is_linear_in_concentration_and_thickness(scale, thickness):
                         dims=("lat", "lon"))
     base = P.total_pg_c(conc, 1.0)
     assert P.total_pg_c(conc * scale, thickness) == pytest.approx(base * scale * thickness, rel=1e-9)
+
+
+def test_dask_session_connects_to_an_existing_scheduler_address():
+    from distributed import LocalCluster
+
+    from aqqua_geo.mapping.dask_utils import dask_session
+
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cl:
+        with dask_session(cl.scheduler_address, progress=False) as client:
+            assert client.scheduler.address == cl.scheduler_address
+            assert client.submit(sum, [1, 2]).result() == 3
