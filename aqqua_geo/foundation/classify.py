@@ -181,14 +181,20 @@ class LinearProbe:
 
     @classmethod
     def from_weights(cls, coef: np.ndarray, intercept: np.ndarray, classes: Sequence[str],
+                     mean: np.ndarray | None = None, scale: np.ndarray | None = None,
                      normalize: bool = False) -> LinearProbe:
-        """A probe whose head was trained elsewhere (e.g. by :func:`finetune`), on raw features."""
+        """A probe whose head was trained elsewhere (e.g. by :func:`finetune`).
+
+        *mean*/*scale* standardise the (raw, unless *normalize*) features first, e.g. the
+        running statistics of a BatchNorm in front of a torch linear head.
+        """
         probe = cls(normalize=normalize)
         probe.coef_ = np.asarray(coef, dtype=np.float32)
         probe.intercept_ = np.asarray(intercept, dtype=np.float32)
         probe.classes_ = np.asarray(classes)
-        probe.mean_ = np.zeros(probe.coef_.shape[1], dtype=np.float32)
-        probe.scale_ = np.ones(probe.coef_.shape[1], dtype=np.float32)
+        dim = probe.coef_.shape[1]
+        probe.mean_ = np.zeros(dim, np.float32) if mean is None else np.asarray(mean, np.float32)
+        probe.scale_ = np.ones(dim, np.float32) if scale is None else np.asarray(scale, np.float32)
         if probe.coef_.shape[0] != len(probe.classes_):
             raise ValueError(f"head has {probe.coef_.shape[0]} outputs for {len(classes)} classes")
         return probe
@@ -586,9 +592,13 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
     px = store.metadata["pixel_size_um"].to_numpy(dtype=np.float64)[rows]
 
     model = load_backbone(backbone_path, device=device).train()
-    head = torch.nn.Linear(model.embed_dim, len(classes)).to(device)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
+    # BatchNorm without affine before the linear layer (MAE's linear-probe recipe): SSL CLS
+    # features can vary across images in a small part of their range; it is folded into the
+    # saved LinearProbe as mean/scale.
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(model.embed_dim, affine=False),
+                               torch.nn.Linear(model.embed_dim, len(classes))).to(device)
+    torch.nn.init.zeros_(head[1].weight)
+    torch.nn.init.zeros_(head[1].bias)
     groups = layer_decay_param_groups(model, head, lr, layer_decay, weight_decay)
     opt = torch.optim.AdamW(groups, lr=lr)
     weights = class_weights(np.bincount(y_idx[tr], minlength=len(classes)), loss_weighting, beta)
@@ -609,6 +619,10 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
         running = 0.0
         for b in range(steps_per_epoch):
             batch = order[b * batch_size : (b + 1) * batch_size]
+            if len(batch) < 2:  # BatchNorm needs two samples; one image is skipped this epoch
+                step += 1
+                bar.update(1)
+                continue
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"] * lr_factor(step)
             out = forward_images(model, [_augment(images[i], rng) for i in batch], px[batch], device)
@@ -626,12 +640,15 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
 
     out_dir = Path(out_dir)
     model.eval()
+    head.eval()
     backbone_out = save_backbone(model, out_dir / "backbone.pt",
                                  extra={"finetune": {"source_backbone_sha256": file_sha256(backbone_path),
                                                      "classes": [str(c) for c in classes], "epochs": epochs}})
     emb = embed_images(model, images, list(px), max_tokens_per_batch=max_tokens_per_batch, device=device)
-    probe = LinearProbe.from_weights(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
-                                     classes, normalize=False)
+    bn, linear = head[0], head[1]
+    probe = LinearProbe.from_weights(linear.weight.detach().cpu().numpy(), linear.bias.detach().cpu().numpy(),
+                                     classes, mean=bn.running_mean.cpu().numpy(),
+                                     scale=torch.sqrt(bn.running_var + bn.eps).cpu().numpy())
     bundle = _finish_bundle(probe, backbone_out, emb, y, tr, va, report, novelty,
                             {"max_tokens_per_batch": max_tokens_per_batch})
     bundle.metrics.update({"history": history, "loss_weighting": loss_weighting, "layer_decay": layer_decay,

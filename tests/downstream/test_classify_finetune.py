@@ -90,3 +90,20 @@ def test_finetune_end_to_end_with_rare_class(tmp_path, bundled_data):
     proba = bundle.predict_proba(emb)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     assert bundle.metrics["val_top1"] > 1 / 3  # better than chance on 3 classes after 3 epochs
+
+
+def test_batchnorm_head_folds_into_linear_probe():
+    """finetune's BatchNorm(affine=False) + Linear head == the saved LinearProbe's logits."""
+    from aqqua_geo.foundation.classify import LinearProbe
+
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(6, affine=False), torch.nn.Linear(6, 3))
+    head.train()
+    for _ in range(20):  # populate running statistics
+        head(torch.randn(16, 6) * 3 + 1)
+    head.eval()
+    x = torch.randn(5, 6)
+    bn, lin = head
+    probe = LinearProbe.from_weights(lin.weight.detach().numpy(), lin.bias.detach().numpy(), ["a", "b", "c"],
+                                     mean=bn.running_mean.numpy(), scale=torch.sqrt(bn.running_var + bn.eps).numpy())
+    np.testing.assert_allclose(probe.decision_function(x.numpy()), head(x).detach().numpy(), rtol=1e-5, atol=1e-5)
