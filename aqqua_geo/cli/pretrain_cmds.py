@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
         from aqqua_geo.foundation.config import ConfigError, load_config
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
         try:
             cfg = load_config(config, override)
         except ConfigError as err:

@@ -97,3 +97,35 @@ def test_dataset_errors_name_the_object(uvp6_store, tiny_cfg):
     base.pixel_sizes_um = [0.0] * len(base)
     with pytest.raises(ValueError, match=r"object 'Acantharea__1111/\d+' \(row 0\): pixel_size_um"):
         MultiCropDataset(base, tiny_cfg())[(0, 0, 0)]
+
+
+def test_balance_rows_avoids_a_mostly_empty_last_row():
+    from aqqua_geo.foundation.collate import balance_rows
+    from aqqua_geo.foundation.packing import pack_images
+
+    # 20 crops of 4×4 patches (+ CLS = 17 tokens) = 340 tokens for rows of at most 256
+    images = [torch.zeros(1, 32, 32)] * 20
+    packed = pack_images(images, [10.0] * 20, patch_size=8, max_tokens_per_row=256)
+    assert packed.efficiency == pytest.approx(340 / 510)  # FFD alone: rows of 255 and 85
+    balanced = balance_rows(packed, n_prefix=1)
+    assert balanced.layout(1).n_rows == packed.layout(1).n_rows
+    assert balanced.efficiency == 1.0 and balanced.layout(1).row_length == 170
+    assert torch.equal(balanced.patches, packed.patches)  # same tokens, only the rows change
+
+
+def test_cli_pretrain_and_bad_override(uvp6_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from aqqua_geo.cli import app
+
+    runner = CliRunner()
+    args = ["pretrain", "--config", "tiny", "--store", str(uvp6_store), "--out", str(tmp_path / "run"),
+            "--override", "train.max_steps=2", "--override", "train.batch_size_per_gpu=8", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "backbone.pt").is_file()
+    bad = runner.invoke(app, [*args[:7], "--override", "train.max_stepz=2"])
+    assert bad.exit_code == 2 and "did you mean 'max_steps'" in bad.output
+    not_a_store = runner.invoke(app, ["pretrain", "--config", "tiny", "--store", str(tmp_path), "--out",
+                                      str(tmp_path / "x")])
+    assert not_a_store.exit_code == 2 and "not an AqQua store" in not_a_store.output
