@@ -124,15 +124,14 @@ def load_embeddings(path: str | Path, object_ids: Sequence[str]) -> np.ndarray:
         if len(emb) != len(object_ids):
             raise ValueError(f"{path}: {len(emb)} rows but the store has {len(object_ids)} objects")
         return emb
-    import zarr
+    from aqqua_geo.foundation.inference import read_embeddings
 
-    group = zarr.open_group(str(path), mode="r")
-    ids = [str(v) for v in group["object_id"][:]]
-    row = {oid: i for i, oid in enumerate(ids)}
+    ids, emb = read_embeddings(path)
+    row = {str(oid): i for i, oid in enumerate(ids)}
     missing = [oid for oid in object_ids if oid not in row]
     if missing:
         raise ValueError(f"{path}: no embedding for {len(missing)} store objects (e.g. {missing[0]!r})")
-    return np.asarray(group["embedding"][:])[[row[oid] for oid in object_ids]]
+    return emb[[row[oid] for oid in object_ids]]
 
 
 # -- sampler --------------------------------------------------------------------------------
