@@ -15,6 +15,15 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
 ChunkSize = Annotated[int, typer.Option(help="Objects per Zarr chunk / resumable unit.", min=1)]
 MaxTokens = Annotated[int, typer.Option(help="Token budget of one packed inference batch.", min=1)]
+Threads = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice; 1 is much "
+                                                  "faster on an oversubscribed shared node).", min=1)]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 class Mode(str, Enum):
@@ -41,8 +50,10 @@ class Weighting(str, Enum):
 
 
 def embed(model: Model, store: Store, out: Out, chunk_size: ChunkSize = 256, max_tokens: MaxTokens = 4096,
-          device: Device = "cpu", overwrite: bool = typer.Option(False, help="Discard an existing output.")) -> None:
+          device: Device = "cpu", overwrite: bool = typer.Option(False, help="Discard an existing output."),
+          threads: Threads = None) -> None:
     """Embed every image of a store into OUT/embeddings.zarr (resumable: re-run after a kill)."""
+    _set_threads(threads)
     from aqqua_geo.foundation.inference import embed_store
 
     path = embed_store(model, store, out, chunk_size=chunk_size, max_tokens_per_batch=max_tokens,
@@ -55,8 +66,10 @@ def predict(model: Model, store: Store, out: Out,
                                                             exists=True, dir_okay=False)] = None,
             top_k: Annotated[int, typer.Option(help="Classes listed per image.", min=1)] = 3,
             chunk_size: ChunkSize = 256, max_tokens: MaxTokens = 4096, device: Device = "cpu",
-            overwrite: bool = typer.Option(False, help="Discard an existing output.")) -> None:
+            overwrite: bool = typer.Option(False, help="Discard an existing output."),
+            threads: Threads = None) -> None:
     """Embeddings + OUT/predictions.parquet (classes, novelty, traits, carbon); resumable."""
+    _set_threads(threads)
     import pandas as pd
 
     from aqqua_geo.foundation.inference import predict_store
@@ -82,8 +95,10 @@ def finetune(model: Model, store: Store, out: Out,
              rare: Annotated[Rare, typer.Option(help="Rare classes → other_<parent>, or dropped.")] = Rare.group,
              novelty: Annotated[Novelty, typer.Option(help="Novelty score thresholded at 95% TPR on "
                                                           "validation.")] = Novelty.knn,
-             val_fraction: float = 0.2, seed: int = 0, device: Device = "cpu") -> None:
+             val_fraction: float = 0.2, seed: int = 0, device: Device = "cpu",
+             threads: Threads = None) -> None:
     """Train a species classifier on a store's labels; writes OUT/classifier.joblib."""
+    _set_threads(threads)
     from aqqua_geo.foundation.classify import ClassifierBundle, finetune as run_finetune, train_classifier
 
     out.mkdir(parents=True, exist_ok=True)
@@ -116,19 +131,24 @@ def distill(teacher: Annotated[Path, typer.Option(help="Teacher backbone.pt.", e
             embed_dim: Annotated[int | None, typer.Option(help="Custom student width.")] = None,
             depth: Annotated[int | None, typer.Option(help="Custom student depth.")] = None,
             num_heads: Annotated[int | None, typer.Option(help="Custom student heads.")] = None,
+            patch_size: Annotated[int | None, typer.Option(help="Student patch size (default: the "
+                                                             "teacher's).")] = None,
             epochs: Annotated[int, typer.Option(min=1)] = 10,
             batch_size: Annotated[int, typer.Option(min=1)] = 32,
             lr: float = 1e-3, kd_temperature: float = 4.0,
             onnx: bool = typer.Option(True, help="Export OUT/student.onnx and check it against torch."),
             onnx_size: Annotated[int, typer.Option(help="Side (px) of the fixed ONNX input.")] = 64,
             onnx_pixel_size_um: Annotated[float, typer.Option(help="Pixel size baked into the ONNX graph.")] = 73.0,
-            seed: int = 0, device: Device = "cpu") -> None:
+            seed: int = 0, device: Device = "cpu",
+            threads: Threads = None) -> None:
     """Distil a teacher backbone into a small student (OUT/student.pt, OUT/student.onnx)."""
+    _set_threads(threads)
     from aqqua_geo.foundation.distill import default_student_cfg, distill as run_distill, export_onnx
     from aqqua_geo.foundation.vit import load_backbone
 
     cfg = default_student_cfg(load_backbone(teacher).cfg, arch)
-    for key, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+    for key, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads),
+                       ("patch_size", patch_size)):
         if value is not None:
             cfg[key] = value
     student = run_distill(teacher, store, out, student_cfg=cfg, classifier=classifier, epochs=epochs,
@@ -150,8 +170,10 @@ def benchmark(model: Annotated[list[Path], typer.Option("--model", "-m", help="B
               min_count: int = 10,
               leaderboard: Annotated[Path | None, typer.Option(help="Leaderboard folder (default: OUT).")] = None,
               baseline: bool = typer.Option(True, help="Include the MorphometricRandomForest baseline."),
-              device: Device = "cpu") -> None:
+              device: Device = "cpu",
+              threads: Threads = None) -> None:
     """Evaluate models (+ the morphometric random-forest baseline) and update the leaderboard."""
+    _set_threads(threads)
     from rich.console import Console
     from rich.table import Table
 
