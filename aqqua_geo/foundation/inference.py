@@ -58,6 +58,9 @@ def _open_or_create_embeddings(path: Path, fingerprint: dict[str, Any], object_i
     if path.exists():
         group = zarr.open_group(path, mode="r+")
         found = group.attrs.get("aqqua_fingerprint")
+        if found is None:  # killed while creating the arrays (the fingerprint is written last)
+            shutil.rmtree(path)
+            return _open_or_create_embeddings(path, fingerprint, object_ids, dim, chunk_size, overwrite)
         if found != fingerprint:
             raise ValueError(
                 f"{path} holds embeddings of another model/store/chunking ({found}); "
