@@ -31,7 +31,10 @@ def make_store(root: Path, bundled_data, per_class: int = 12) -> Path:
                        "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
                        "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
                        "label": folder.split("__")[0], "label_status": "validated"}
-                w.add(f"{folder}/{f.stem}", np.array(Image.open(f).convert("L")), rec, {"file": f.name})
+                image = np.array(Image.open(f).convert("L"))
+                # a ZooProcess-style trait in the raw metadata (object area, px): enables trait R²
+                raw = {"file": f.name, "object_area": str(int((image > 20).sum()))}
+                w.add(f"{folder}/{f.stem}", image, rec, raw)
     return store
 
 
@@ -62,6 +65,8 @@ def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
     assert set(rows["n_classes"]) == {4} and set(rows["n_test"]) == {15} and set(rows["n_train"]) == {33}
     assert rows[["top1", "balanced_accuracy", "macro_f1", "ood_auroc"]].apply(lambda c: c.between(0, 1)).all().all()
     assert rows.loc[2, "top1"] > 0.5  # the morphometric forest separates these 4 classes well
+    assert np.isfinite(rows.loc[0, "trait_r2"]) and rows.loc[0, "trait_r2"] <= 1
+    assert rows.loc[0, "trait_r2"] == rows.loc[1, "trait_r2"] and np.isnan(rows.loc[2, "trait_r2"])
     for sub in ("random_vit_knn5", "random_vit_linear", "baseline_rf"):
         assert (out / sub / "confusion.png").stat().st_size > 1000
         report = pd.read_csv(out / sub / "classification_report.csv", index_col=0)
