@@ -39,14 +39,13 @@ from aqqua_geo.foundation.distributed import (
     average_gradients,
     broadcast_module,
     init_distributed,
+    shutdown,
 )
 from aqqua_geo.foundation.sampler import BalancedSampler, curation_probabilities, load_embeddings
 from aqqua_geo.foundation.schedules import build_schedules
 
 log = logging.getLogger(__name__)
 
-SCHEDULE_COLUMNS = ("lr", "last_layer_lr", "wd", "momentum", "teacher_temp")
-THROUGHPUT_COLUMNS = ("images_per_s", "tokens_per_s", "packing_efficiency", "padded_efficiency", "grad_norm")
 
 
 def pretrain(
@@ -74,6 +73,7 @@ def pretrain(
     if last.exists() and not resume:
         raise FileExistsError(f"{out} already holds a run ({last}); resume it or choose another output folder")
     train_cfg = cfg["train"]
+    joined_here = not (dist.is_available() and dist.is_initialized())  # leave a caller's group alone
     env = init_distributed(train_cfg["device"])
     seed = int(train_cfg["seed"])
     try:
@@ -88,9 +88,10 @@ def pretrain(
             apply_fsdp(meta, mixed_precision=autocast_dtype is not None)
         elif env.distributed:
             broadcast_module(meta)
-        groups = meta.param_groups(float(cfg["optim"]["layerwise_decay"]), float(cfg["optim"]["patch_embed_lr_mult"]))
+        optim_cfg = cfg["optim"]
+        groups = meta.param_groups(float(optim_cfg["layerwise_decay"]), float(optim_cfg["patch_embed_lr_mult"]))
         params = [p for g in groups for p in g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=tuple(cfg["optim"]["betas"]))
+        optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=tuple(optim_cfg["betas"]))
         schedules = build_schedules(cfg, env.world_size)
 
         store = AqquaStore(store_dir)
@@ -130,14 +131,15 @@ def pretrain(
             dump_config(cfg, out / "config.yaml")
         logger = _RunLog(out / "log.csv", resume_step=step) if env.is_main else None
 
-        max_steps = int(train_cfg["max_steps"])
+        max_steps, log_every = int(train_cfg["max_steps"]), int(train_cfg["log_every"])
+        clip = float(optim_cfg["clip_grad"]) if optim_cfg["clip_grad"] else math.inf
         deadline = _deadline(train_cfg["max_minutes"])
         bar = _progress_bar(progress and env.is_main, step, max_steps)
         stop = step >= max_steps
         while not stop:
             epoch, offset = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch, offset * batch_size)
-            t_last = time.perf_counter()
+            meter = _Throughput(env.world_size)
             for batch in loader:
                 values = schedules.at(step)
                 _set_hyperparameters(optimizer, values)
@@ -145,27 +147,30 @@ def pretrain(
                 optimizer.zero_grad(set_to_none=True)
                 with _autocast(env.device, autocast_dtype):
                     losses = meta.forward_backward(batch, teacher_temp=values["teacher_temp"])
+                if not torch.isfinite(losses["loss"]):
+                    raise FloatingPointError(
+                        f"loss is {losses['loss'].item()} at step {step + 1}; lower optim.base_lr?"
+                    )
                 if env.distributed and strategy == "ddp":
                     average_gradients(params)
-                clip = cfg["optim"]["clip_grad"]
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else math.inf)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
                 optimizer.step()
                 meta.update_teacher(values["momentum"])
                 step += 1
+                meter.add(batch)
 
-                losses = _mean_over_ranks(losses, env)
-                if not math.isfinite(losses["loss"]):
-                    raise FloatingPointError(f"loss is {losses['loss']} at step {step}; lower optim.base_lr?")
-                now = time.perf_counter()
-                row = {"step": step, "epoch": epoch, **values, **losses,
-                       **_throughput(batch, now - t_last, env.world_size), "grad_norm": float(grad_norm)}
-                t_last = now
-                if logger is not None:
-                    logger.write(row)
+                stop = step >= max_steps or _agree(deadline is not None and time.monotonic() > deadline, env)
+                if step % log_every == 0 or stop:
+                    terms = _mean_over_ranks(losses, env)
+                    row = {"step": step, "epoch": epoch, **values, **terms, **meter.read(),
+                           "grad_norm": float(grad_norm)}
+                    if logger is not None:
+                        logger.write(row)
+                    if bar is not None:
+                        shown = {k.removesuffix("_loss"): f"{v:.3f}" for k, v in terms.items()}
+                        bar.set_postfix(shown | {"img/s": f"{row['images_per_s']:.0f}"})
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"img/s": f"{row['images_per_s']:.0f}"})
-                stop = step >= max_steps or _agree(deadline is not None and time.monotonic() > deadline, env)
                 if stop or step % int(train_cfg["checkpoint_every"]) == 0:
                     next_epoch, next_batch = divmod(step, steps_per_epoch)
                     sampler_state = {**sampler.state_dict(), "epoch": next_epoch, "start": next_batch * batch_size}
@@ -179,9 +184,8 @@ def pretrain(
             plot_log(out / "log.csv", out / "loss_curve.png")
         return out
     finally:
-        from aqqua_geo.foundation.distributed import shutdown
-
-        shutdown()
+        if joined_here:
+            shutdown()
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -281,16 +285,35 @@ def _mean_over_ranks(losses: dict[str, torch.Tensor], env: DistEnv) -> dict[str,
     return dict(zip(names, values.tolist()))
 
 
-def _throughput(batch: dict[str, Any], seconds: float, world_size: int) -> dict[str, float]:
-    glob, local = batch["global"], batch["local"]
-    tokens = glob.n_tokens + (local.n_tokens if local is not None else 0)
-    seconds = max(seconds, 1e-9)
-    return {
-        "images_per_s": batch["batch_size"] * world_size / seconds,
-        "tokens_per_s": tokens * world_size / seconds,
-        "packing_efficiency": glob.efficiency,
-        "padded_efficiency": glob.padded_efficiency,
-    }
+class _Throughput:
+    """Images and real tokens per second since the last :meth:`read` (all ranks)."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self._reset()
+
+    def _reset(self) -> None:
+        self.start, self.images, self.tokens = time.perf_counter(), 0, 0
+        self.efficiency: list[float] = []
+        self.padded: list[float] = []
+
+    def add(self, batch: dict[str, Any]) -> None:
+        glob, local = batch["global"], batch["local"]
+        self.images += batch["batch_size"]
+        self.tokens += glob.n_tokens + (local.n_tokens if local is not None else 0)
+        self.efficiency.append(glob.efficiency)
+        self.padded.append(glob.padded_efficiency)
+
+    def read(self) -> dict[str, float]:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        out = {
+            "images_per_s": self.images * self.world_size / seconds,
+            "tokens_per_s": self.tokens * self.world_size / seconds,
+            "packing_efficiency": float(np.mean(self.efficiency)),
+            "padded_efficiency": float(np.mean(self.padded)),
+        }
+        self._reset()
+        return out
 
 
 def _agree(flag: bool, env: DistEnv) -> bool:
@@ -326,7 +349,8 @@ def _optimizer_state(meta, optimizer, strategy: str, env: DistEnv) -> dict:
     if env.distributed and strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(meta, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(meta, optimizer, options=options)
     return optimizer.state_dict()
 
 
