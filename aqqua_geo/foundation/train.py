@@ -7,8 +7,9 @@ ranks (DDP) → global-norm clipping → AdamW step → EMA teacher update. Ever
 function of the step alone and every random draw comes from a checkpointed generator or a
 per-sample seed, so a resumed run continues exactly.
 
-Outputs in ``OUT/``: ``config.yaml`` (resolved config), ``log.csv`` (one row per step:
-schedules, loss terms, images/s, tokens/s, packing efficiency), ``loss_curve.png``,
+Outputs in ``OUT/``: ``config.yaml`` (resolved config), ``log.csv`` (a row every
+``train.log_every`` steps: schedules, loss terms, images/s, tokens/s, packing efficiency),
+``loss_curve.png``, ``tensorboard/`` (only if ``tensorboard`` is installed),
 ``checkpoints/last.pt`` + ``checkpoints/step_<n>.pt`` and ``backbone.pt`` (the EMA teacher's
 backbone, for ``load_backbone`` / ``embed_images``).
 """
@@ -130,6 +131,7 @@ def pretrain(
             out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, out / "config.yaml")
         logger = _RunLog(out / "log.csv", resume_step=step) if env.is_main else None
+        tensorboard = _tensorboard(out / "tensorboard") if env.is_main else None
 
         max_steps, log_every = int(train_cfg["max_steps"]), int(train_cfg["log_every"])
         clip = float(optim_cfg["clip_grad"]) if optim_cfg["clip_grad"] else math.inf
@@ -166,6 +168,9 @@ def pretrain(
                            "grad_norm": float(grad_norm)}
                     if logger is not None:
                         logger.write(row)
+                    if tensorboard is not None:
+                        for key, value in row.items():
+                            tensorboard.add_scalar(key, value, step)
                     if bar is not None:
                         shown = {k.removesuffix("_loss"): f"{v:.3f}" for k, v in terms.items()}
                         bar.set_postfix(shown | {"img/s": f"{row['images_per_s']:.0f}"})
@@ -179,6 +184,8 @@ def pretrain(
                     break
         if bar is not None:
             bar.close()
+        if tensorboard is not None:
+            tensorboard.close()
         _export_backbone(meta, cfg, out, step, strategy, env)
         if env.is_main:
             plot_log(out / "log.csv", out / "loss_curve.png")
@@ -422,6 +429,15 @@ class _RunLog:
                 csv.DictWriter(fh, fieldnames=self.fields).writeheader()
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+
+def _tensorboard(log_dir: Path):
+    """A TensorBoard writer when ``tensorboard`` is installed (optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def _progress_bar(enabled: bool, initial: int, total: int):

@@ -80,6 +80,15 @@ def test_max_minutes_bounds_the_run(uvp6_store, tiny_cfg, tmp_path):
                    progress=False)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 1 and (out / "backbone.pt").is_file()  # stopped after one step, saved
+    with (out / "log.csv").open() as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1]  # the stopping step is logged
+
+
+def test_log_every(uvp6_store, tiny_cfg, tmp_path):
+    out = pretrain(tiny_cfg("train.log_every=3", "train.max_steps=4"), uvp6_store, tmp_path / "run",
+                   progress=False)
+    with (out / "log.csv").open() as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [3, 4]
 
 
 def test_inconsistent_token_budgets_are_refused(tiny_cfg):
