@@ -60,3 +60,14 @@ def test_kill_and_resume_matches_uninterrupted(uvp6_store, tiny_cfg, tmp_path, m
     assert losses_a == losses_b and len(losses_a) == 6
     # and resuming from scratch-equivalent state really continued (not restarted)
     assert [int(r["step"]) for r in _rows(tmp_path / "resumed/log.csv")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_data_loader_workers_do_not_change_the_run(uvp6_store, tiny_cfg, tmp_path):
+    """Augmentations and masks are seeded per sample, not per worker: 0 or 2 workers, same losses."""
+    torch.set_num_threads(1)
+    runs = []
+    for workers in (0, 2):
+        out = pretrain(tiny_cfg("train.max_steps=2", f"train.num_workers={workers}"), uvp6_store,
+                       tmp_path / f"w{workers}", progress=False)
+        runs.append([r["loss"] for r in _rows(out / "log.csv")])
+    assert runs[0] == runs[1]
