@@ -145,15 +145,14 @@ class PlanktonMultiCrop:
         img, msk = _random_orientation(image, mask, bg, prof, rng)
         h, w = msk.shape
         size_um = self.local_size_um or prof["local_size_um"]
+        rows, cols = np.nonzero(msk)
         if size_um is not None:  # physical size range: log-uniform side in µm
             side = math.exp(rng.uniform(math.log(size_um[0]), math.log(size_um[1]))) / px_um
         else:  # no physical range known for this instrument: relative to the organism
-            rows, cols = np.nonzero(msk)
-            extent = max(rows.ptp() + 1, cols.ptp() + 1) if rows.size else max(h, w)
+            extent = max(np.ptp(rows) + 1, np.ptp(cols) + 1) if rows.size else max(h, w)
             side = rng.uniform(*self.local_object_scale) * extent
         side = int(round(min(max(side, self.patch_size), h, w)))
         # Centre on a random organism pixel: most of a vignette is empty water.
-        rows, cols = np.nonzero(msk)
         if rows.size:
             k = int(rng.integers(rows.size))
             cy, cx = int(rows[k]), int(cols[k])

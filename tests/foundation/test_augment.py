@@ -81,6 +81,16 @@ def test_local_crops_have_the_physical_size_asked_for():
         assert np.all(side_um >= 400 - 5.0) and np.all(side_um <= 800 + 8 * 5.0)  # + patch padding
 
 
+def test_unknown_instrument_local_crops_scale_with_the_organism():
+    # the default profile has no µm range: local sides are 0.2-0.6 × the organism's extent
+    aug = _augment("augment.profiles.default.rotate=false", "crops.local_max_tokens=400",
+                   "crops.n_local_crops=12")
+    img = _bright_disc(size=200, radius=50)  # organism extent 100 px
+    for crop in aug(img, 5.0, "NewCam", np.random.default_rng(5))["local_crops"]:
+        side_px = max(crop.image.shape[1:])
+        assert crop.pixel_size_um == 5.0 and 16 <= side_px <= 0.6 * 100 + 8
+
+
 def test_instrument_profiles_merge_over_default():
     cfg = load_config("tiny")
     assert instrument_profile(cfg, "UVP6")["local_size_um"] == [700.0, 2500.0]
