@@ -6,6 +6,7 @@ Runs as one process, or one process per GPU under ``torchrun`` (see
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
         except (FileExistsError, ValueError, FloatingPointError) as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(1) from None
-        if (run / "log.csv").is_file():  # rank 0 only
+        if int(os.environ.get("RANK", "0")) == 0 and (run / "log.csv").is_file():  # once per job
             _summary(run, console)
 
 
