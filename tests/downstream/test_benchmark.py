@@ -10,32 +10,17 @@ import pytest
 
 TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
         "max_tokens_per_image": 64, "layerscale": None}  # no LayerScale: random features vary
+from .conftest import make_uvp6_store, uvp6_files
+
 CLASSES = ("Acantharea__1111", "Copepoda__6666", "detritus__8888", "bubble__5555", "darksphere__7777")
 
 
 def make_store(root: Path, bundled_data, per_class: int = 12) -> Path:
     """Real UVP6 vignettes; darksphere files are pixel copies of Copepoda ones (dropped as duplicates)."""
-    from PIL import Image
-
-    from aqqua_geo.store import StoreWriter
-
-    src = bundled_data.path("uvp6_vignettes")
-    store = root / "store"
-    with StoreWriter(store, source="uvp6_test", source_format="folder", source_path=str(src)) as w:
-        for folder in CLASSES:
-            files = sorted((src / folder).glob("*.png"))[:per_class]
-            if folder.startswith("Copepoda"):  # the copepods that darksphere__7777 duplicates
-                files = [src / folder / f.name for f in sorted((src / "darksphere__7777").glob("*.png"))[:per_class]]
-            for f in files:
-                rec = {"source": "uvp6_test", "instrument": "UVP6", "sample_id": "s1",
-                       "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
-                       "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
-                       "label": folder.split("__")[0], "label_status": "validated"}
-                image = np.array(Image.open(f).convert("L"))
-                # a ZooProcess-style trait in the raw metadata (object area, px): enables trait R²
-                raw = {"file": f.name, "object_area": str(int((image > 20).sum()))}
-                w.add(f"{folder}/{f.stem}", image, rec, raw)
-    return store
+    files = uvp6_files(bundled_data, dict.fromkeys(CLASSES, per_class))
+    # the copepods that the darksphere__7777 files duplicate
+    files["Copepoda__6666"] = [f.parent.parent / "Copepoda__6666" / f.name for f in files["darksphere__7777"]]
+    return make_uvp6_store(root, files, raw_area=True)
 
 
 def test_classification_metrics_by_hand():

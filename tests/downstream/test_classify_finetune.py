@@ -8,26 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from .conftest import make_uvp6_store, uvp6_files
+
 TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 3, "num_heads": 2, "patch_size": 8,
         "max_tokens_per_image": 64, "layerscale": None}
-
-
-def make_store(root: Path, bundled_data, counts: dict[str, int]) -> Path:
-    from PIL import Image
-
-    from aqqua_geo.store import StoreWriter
-
-    src = bundled_data.path("uvp6_vignettes")
-    store = root / "store"
-    with StoreWriter(store, source="uvp6_test", source_format="folder", source_path=str(src)) as w:
-        for folder, n in counts.items():
-            for f in sorted((src / folder).glob("*.png"))[:n]:
-                rec = {"source": "uvp6_test", "instrument": "UVP6", "sample_id": "s1",
-                       "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
-                       "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
-                       "label": folder.split("__")[0], "label_status": "validated"}
-                w.add(f"{folder}/{f.stem}", np.array(Image.open(f).convert("L")), rec, {"file": f.name})
-    return store
 
 
 def test_class_weights_by_hand():
@@ -71,8 +55,8 @@ def test_finetune_end_to_end_with_rare_class(tmp_path, bundled_data):
 
     torch.manual_seed(0)
     start = save_backbone(build_backbone(TINY), tmp_path / "start.pt")
-    store_dir = make_store(tmp_path, bundled_data, {"Acantharea__1111": 12, "detritus__8888": 20,
-                                                    "bubble__5555": 12, "fiber__9999": 3})
+    store_dir = make_uvp6_store(tmp_path, uvp6_files(bundled_data, {"Acantharea__1111": 12, "detritus__8888": 20,
+                                                    "bubble__5555": 12, "fiber__9999": 3}))
     backbone, clf = finetune(start, store_dir, tmp_path / "ft", epochs=3, batch_size=8, lr=1e-3, min_count=5,
                              rare="exclude", val_fraction=0.25, progress=False)
     bundle = ClassifierBundle.load(clf)

@@ -8,28 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from .conftest import make_uvp6_store, uvp6_files
+
+CLASSES = ("Acantharea__1111", "Copepoda__6666", "detritus__8888")
+
 TEACHER = {"arch": "vit_tiny", "embed_dim": 48, "depth": 2, "num_heads": 2, "patch_size": 8,
            "max_tokens_per_image": 64, "layerscale": None}
 STUDENT = {"arch": "vit_tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8,
            "max_tokens_per_image": 64, "layerscale": None}
-
-
-def make_store(root: Path, bundled_data, per_class: int = 5) -> Path:
-    from PIL import Image
-
-    from aqqua_geo.store import StoreWriter
-
-    src = bundled_data.path("uvp6_vignettes")
-    store = root / "store"
-    with StoreWriter(store, source="uvp6_test", source_format="folder", source_path=str(src)) as w:
-        for folder in ("Acantharea__1111", "Copepoda__6666", "detritus__8888"):
-            for f in sorted((src / folder).glob("*.png"))[:per_class]:
-                rec = {"source": "uvp6_test", "instrument": "UVP6", "sample_id": "s1",
-                       "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
-                       "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
-                       "label": folder.split("__")[0], "label_status": "validated"}
-                w.add(f"{folder}/{f.stem}", np.array(Image.open(f).convert("L")), rec, {"file": f.name})
-    return store
 
 
 def test_distillation_loss_terms_by_hand():
@@ -60,7 +46,7 @@ def test_distill_student_learns_teacher_and_exports(tmp_path, bundled_data):
 
     torch.manual_seed(0)
     teacher_path = save_backbone(build_backbone(TEACHER), tmp_path / "teacher.pt")
-    store_dir = make_store(tmp_path, bundled_data)
+    store_dir = make_uvp6_store(tmp_path, uvp6_files(bundled_data, dict.fromkeys(CLASSES, 5)))
     store = AqquaStore(store_dir)
     images = store.get_many(range(len(store)))
     t_emb = embed_images(load_backbone(teacher_path), images, [73.0] * len(images))
@@ -99,6 +85,6 @@ def test_distill_rejects_knn_classifier(tmp_path, bundled_data):
     knn = KNNClassifier().fit(np.eye(3, 48), ["a", "b", "c"])
     ClassifierBundle(head=knn).save(tmp_path / "knn.joblib")
     with pytest.raises(ValueError, match="needs a linear classifier"):
-        distill(teacher_path, make_store(tmp_path, bundled_data, per_class=1), tmp_path / "d",
+        distill(teacher_path, make_uvp6_store(tmp_path, uvp6_files(bundled_data, dict.fromkeys(CLASSES, 1))), tmp_path / "d",
                 classifier=tmp_path / "knn.joblib", progress=False)
     assert not (tmp_path / "d" / "student.pt").exists()

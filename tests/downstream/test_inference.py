@@ -13,28 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from .conftest import make_uvp6_store, uvp6_files
+
+CLASSES = ("Acantharea__1111", "Copepoda__6666", "detritus__8888", "bubble__5555")
+
 TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
         "max_tokens_per_image": 64, "layerscale": None}  # no LayerScale: random features vary
-
-
-def make_store(root: Path, bundled_data, per_class: int = 6, classes=("Acantharea__1111", "Copepoda__6666",
-               "detritus__8888", "bubble__5555")) -> Path:
-    """A small store of real UVP6 vignettes (the folder gives the label)."""
-    from PIL import Image
-
-    from aqqua_geo.store import StoreWriter
-
-    src = bundled_data.path("uvp6_vignettes")
-    store = root / "store"
-    with StoreWriter(store, source="uvp6_test", source_format="folder", source_path=str(src)) as w:
-        for folder in classes:
-            for f in sorted((src / folder).glob("*.png"))[:per_class]:
-                rec = {"source": "uvp6_test", "instrument": "UVP6", "sample_id": "s1",
-                       "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
-                       "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
-                       "label": folder.split("__")[0], "label_status": "validated"}
-                w.add(f"{folder}/{f.stem}", np.array(Image.open(f).convert("L")), rec, {"file": f.name})
-    return store
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +30,7 @@ def tiny_setup(tmp_path_factory, bundled_data):
     root = tmp_path_factory.mktemp("infer")
     torch.manual_seed(0)
     model_path = save_backbone(build_backbone(TINY), root / "backbone.pt")
-    return model_path, make_store(root, bundled_data)
+    return model_path, make_uvp6_store(root, uvp6_files(bundled_data, dict.fromkeys(CLASSES, 6)))
 
 
 def test_embed_store_writes_consolidated_zarr(tiny_setup, tmp_path):
