@@ -1,4 +1,4 @@
-"""Pretraining data: store items → seeded multi-crop samples, and a bundled demo store.
+"""Pretraining data: store items → seeded multi-crop samples, and the bundled demo store.
 
 :class:`MultiCropDataset` wraps ``AqquaStore.torch_dataset()`` and is indexed by the
 ``(index, epoch, position)`` keys of :class:`~aqqua_geo.foundation.sampler.BalancedSampler`.
@@ -15,10 +15,6 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from aqqua_geo.foundation.augment import PlanktonMultiCrop
-
-# UVP6 (Picheral et al. 2022, L&O Methods 20:115) images 73 µm per pixel.
-UVP6_PIXEL_SIZE_UM = 73.0
-
 
 class MultiCropDataset(Dataset):
     """Multi-crop views of store images, keyed by ``(index, epoch, position)``."""
@@ -42,35 +38,23 @@ class MultiCropDataset(Dataset):
         return {**crops, "index": index, "key": (epoch, position)}
 
 
-def write_bundled_uvp6_store(
-    store_dir: str | Path, exclude_classes: tuple[str, ...] = ("darksphere__7777",),
-    per_class: int | None = None,
-) -> Path:
-    """Write the bundled labelled UVP6 vignettes (``aqqua_geo/data/uvp6_vignettes``) to a store.
+def write_bundled_uvp6_store(store_dir: str | Path) -> Path:
+    """Ingest the bundled labelled UVP6 vignettes into a store (demo, tests, benchmarks).
 
-    ``darksphere__7777`` is excluded by default: its files are byte copies of Copepoda
-    vignettes with a conflicting label. The vignettes come without sampling metadata, so
-    time/position/depth are explicit placeholders (``sample_id`` = ``uvpec_test``); only
-    pixels, pixel size (73 µm) and labels are meaningful. ``per_class`` keeps the first *n*
-    files (sorted) of every class, for tiny test stores.
+    Uses the project's folder ingest with ``aqqua_geo/data/uvp6_vignettes.metadata.csv``
+    (label, instrument, 73 µm pixels). The vignettes come without sampling metadata, so time,
+    position and depth are explicit placeholders (``sample_id`` = ``uvpec_test``): only pixels,
+    pixel size and labels are meaningful. The ``darksphere__7777`` files are byte copies of
+    Copepoda vignettes with a conflicting label: ingest keeps the Copepoda copies and records
+    the others in ``duplicates.parquet``, leaving 630 objects in 8 classes.
     """
-    from PIL import Image
-
     from aqqua_geo.data import path as data_path
-    from aqqua_geo.store import StoreWriter
+    from aqqua_geo.ingest import ingest
+    from aqqua_geo.store import AqquaStore
 
-    root = data_path("uvp6_vignettes")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in exclude_classes)
-    with StoreWriter(store_dir, source="uvp6_vignettes", source_format="folder", source_path=str(root)) as writer:
-        for folder in folders:
-            label = folder.name.split("__")[0]
-            files = sorted(folder.glob("*.png"))[:per_class]
-            for file in files:
-                image = np.asarray(Image.open(file).convert("L"))
-                record = {
-                    "instrument": "UVP6", "sample_id": "uvpec_test", "datetime": "2020-01-01T00:00:00Z",
-                    "lat": 0.0, "lon": 0.0, "depth_min": 0.0, "pixel_size_um": UVP6_PIXEL_SIZE_UM,
-                    "label": label, "label_status": "validated",
-                }
-                writer.add(f"{folder.name}/{file.stem}", image, record, {"file": str(file.relative_to(root))})
+    placeholders = ["datetime=2020-01-01T00:00:00Z", "lat=0", "lon=0", "depth_min=0", "sample_id=uvpec_test"]
+    ingest(data_path("uvp6_vignettes"), store_dir, fmt="folder", constants=placeholders, progress=False)
+    labels = set(AqquaStore(store_dir).metadata["label"])
+    if "darksphere" in labels:  # the duplicate resolution kept the wrong copy
+        raise RuntimeError(f"{store_dir}: darksphere copies were kept instead of the Copepoda originals")
     return Path(store_dir)

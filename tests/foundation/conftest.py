@@ -7,10 +7,10 @@ import pytest
 
 @pytest.fixture(scope="session")
 def uvp6_store(tmp_path_factory):
-    """Store of 12 bundled UVP6 vignettes per class (8 classes, darksphere copies excluded)."""
+    """The bundled UVP6 vignettes ingested into a store (630 objects, 8 classes)."""
     from aqqua_geo.foundation.data import write_bundled_uvp6_store
 
-    return write_bundled_uvp6_store(tmp_path_factory.mktemp("uvp6") / "store", per_class=12)
+    return write_bundled_uvp6_store(tmp_path_factory.mktemp("uvp6") / "store")
 
 
 @pytest.fixture

@@ -64,8 +64,7 @@ def test_kmeans_balancing_evens_out_real_classes(uvp6_store):
     from aqqua_geo.store import AqquaStore
 
     md = AqquaStore(uvp6_store).metadata
-    labels = md["label"].to_numpy()
-    # an unbalanced pool: detritus 4× over-represented
+    # a more unbalanced pool: detritus 4× over-represented (600 vs 60-120 per class)
     md = pd.concat([md] + [md[md["label"] == "detritus"]] * 3, ignore_index=True)
     labels = md["label"].to_numpy()
     codes = pd.factorize(labels, sort=True)[0]
@@ -75,7 +74,7 @@ def test_kmeans_balancing_evens_out_real_classes(uvp6_store):
     sampler = BalancedSampler(curation_probabilities(md, curation, embeddings=embeddings), num_samples=16_000)
     freq = _frequencies(sampler, labels)
     natural = pd.Series(labels).value_counts(normalize=True)
-    assert natural.max() / natural.min() == pytest.approx(4.0)
+    assert natural.max() / natural.min() == pytest.approx(10.0)
     assert freq.max() / freq.min() < 1.25  # every class ~1/8
 
 
