@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="timed steps per mode (after 2 warm-up steps)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (bf16 dense) for MFU")
+    ap.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
     args = ap.parse_args()
 
     if args.threads:
@@ -135,7 +136,7 @@ def main() -> None:
                       "dino.head_n_prototypes=65536", "ibot.head_n_prototypes=65536",
                       "dino.head_hidden_dim=2048", "ibot.head_hidden_dim=2048",
                       "dino.head_bottleneck_dim=256", "ibot.head_bottleneck_dim=256"]
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides + args.override)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         store_dir = args.store or write_bundled_uvp6_store(Path(tmp) / "store")
