@@ -138,3 +138,19 @@ def test_cli_pretrain_and_bad_override(uvp6_store, tmp_path):
     not_a_store = runner.invoke(app, ["pretrain", "--config", "tiny", "--store", str(tmp_path), "--out",
                                       str(tmp_path / "x")])
     assert not_a_store.exit_code == 2 and "not an AqQua store" in not_a_store.output
+
+
+def test_second_round_curation_from_a_previous_backbone_or_embeddings(uvp6_store, tiny_cfg, tmp_path):
+    from aqqua_geo.foundation.distributed import DistEnv
+    from aqqua_geo.foundation.train import _build_sampler
+    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+    from aqqua_geo.store import AqquaStore
+
+    store, env = AqquaStore(uvp6_store), DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    cold = _build_sampler(tiny_cfg(), store, env).probabilities  # size classes from metadata
+    previous = save_backbone(build_backbone(tiny_cfg()["model"]), tmp_path / "previous.pt")
+    warm = _build_sampler(tiny_cfg(f"curation.backbone={previous}", "curation.n_clusters=[16, 4]"), store, env)
+    assert warm.probabilities.shape == (len(store),) and not np.allclose(warm.probabilities, cold)
+    np.save(tmp_path / "emb.npy", np.random.default_rng(0).normal(size=(len(store) - 1, 8)))
+    with pytest.raises(ValueError, match=r"emb.npy: 629 rows but the store has 630 objects"):
+        _build_sampler(tiny_cfg(f"curation.embeddings={tmp_path / 'emb.npy'}"), store, env)
