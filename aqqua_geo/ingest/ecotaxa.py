@@ -143,21 +143,20 @@ def _sampled_volume_l(row: dict[str, str], oid: str) -> float | None:
 
     ``object_sampled_volume_l`` (this package's own export) wins; otherwise EcoTaxa's native
     ``sample_tot_vol`` (L) and ``acq_sub_part`` (fraction 1/sub_part imaged): V = tot_vol / sub_part,
-    as EcoTaxa computes concentrations. A volume that is given but not a positive number is an error.
+    as EcoTaxa computes concentrations. Empty or NaN means unknown; a value that is given but not a
+    positive number is an error.
     """
-    own = (row.get("object_sampled_volume_l") or "").strip()
-    if own:
-        return _positive(own, "object_sampled_volume_l", oid)
-    tot, sub = (row.get("sample_tot_vol") or "").strip(), (row.get("acq_sub_part") or "").strip()
-    if not tot or not sub:
-        return None
-    return _positive(tot, "sample_tot_vol", oid) / _positive(sub, "acq_sub_part", oid)
+    own = _positive(row, "object_sampled_volume_l", oid)
+    if own is not None:
+        return own
+    tot, sub = _positive(row, "sample_tot_vol", oid), _positive(row, "acq_sub_part", oid)
+    return None if tot is None or sub is None else tot / sub
 
 
-def _positive(text: str, col: str, oid: str) -> float:
-    value = parse_float(text, col, oid, "bad_row")
-    if value is None or not value > 0:
-        raise InvalidRecord("bad_row", f"{oid}: {col} = {text!r} is not a positive number")
+def _positive(row: dict[str, str], col: str, oid: str) -> float | None:
+    value = parse_float(row.get(col), col, oid, "bad_row")
+    if value is not None and not value > 0:
+        raise InvalidRecord("bad_row", f"{oid}: {col} = {row.get(col)!r} is not a positive number")
     return value
 
 

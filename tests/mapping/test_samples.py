@@ -178,8 +178,13 @@ def test_store_directory_as_metadata(bundled_data, tmp_path):
     out = aggregate(pred, store_dir, diversity=True)
     assert out["n_objects"].sum() == len(meta)
     assert set(out["sample_id"]) == set(meta["sample_id"])
-    # the M106 EcoTaxa fixture has no sampled volume: relative measures only, flagged
-    assert set(out["volume_flag"]) == {"missing"} and out["conc_total_m3"].isna().all()
+    # samples n1 and n2 of the M106 fixture have no sampled volume: relative measures only,
+    # flagged; n4 has sample_tot_vol 400 L / acq_sub_part 4 = 100 L behind its one kept object
+    flags = out.reset_index().set_index("sample_id")
+    assert (flags.loc[["m106_mn01_n1_sml", "m106_mn01_n2_sml"], "volume_flag"] == "missing").all()
+    assert flags.loc[["m106_mn01_n1_sml", "m106_mn01_n2_sml"], "conc_total_m3"].isna().all()
+    assert flags.loc["m106_mn01_n4_sml", "volume_flag"] == "ok"
+    assert flags.loc["m106_mn01_n4_sml", "conc_total_m3"] == pytest.approx(1 / 100 * 1000)
     assert out[[c for c in out.columns if c.startswith("rel_")]].sum(axis=1).to_numpy() == pytest.approx(1.0)
     assert out["richness"].ge(1).all()
     with pytest.raises(TypeError, match="AqquaStore or a store path"):
