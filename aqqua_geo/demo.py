@@ -123,7 +123,8 @@ def _ingest(r: DemoResult) -> None:
 def _pretrain(r: DemoResult, minutes: float) -> None:
     from aqqua_geo.foundation import load_config, pretrain
 
-    cfg = load_config("tiny", overrides=[f"train.max_minutes={minutes}"])
+    # 300 steps take about a minute on 2 cores; the time cap bounds slower machines.
+    cfg = load_config("tiny", overrides=["train.max_steps=300", f"train.max_minutes={minutes}"])
     run = pretrain(cfg, r.paths["store"], r.out / "pretrain")
     r.paths["backbone"] = run / "backbone.pt"
     r.paths["pretrain log"] = run / "log.csv"
