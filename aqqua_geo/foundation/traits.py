@@ -464,30 +464,27 @@ class TraitRegressor:
             pred = 10.0**pred
         return pred[:, 0] if pred.shape[1] == 1 else pred
 
-    def score(self, X: np.ndarray, y) -> dict[str, float]:
-        """R² per target (on log10 values when ``log_target``), on rows with valid targets."""
-        from sklearn.metrics import r2_score
-
+    def _truth_and_prediction(self, X: np.ndarray, y) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Targets and predictions on the rows with valid targets (log10 when ``log_target``)."""
         Y, names = self._y(y)
         ok = self._valid(Y)
         pred = np.asarray(self.predict(np.asarray(X)[ok])).reshape(int(ok.sum()), -1)
         truth = Y[ok]
         if self.log_target:
             truth, pred = np.log10(truth), np.log10(pred)
-        return {n: float(r2_score(truth[:, i], pred[:, i])) for i, n in enumerate(names)}
+        return truth, pred, names
+
+    def score(self, X: np.ndarray, y) -> dict[str, float]:
+        """R² per target (on log10 values when ``log_target``), on rows with valid targets."""
+        truth, pred, names = self._truth_and_prediction(X, y)
+        return dict(zip(names, _r2_per_column(truth, pred)))
 
     def report(self, X: np.ndarray, y) -> pd.DataFrame:
         """R², RMSE and n per target as a table (RMSE in log10 units when ``log_target``)."""
-        Y, names = self._y(y)
-        ok = self._valid(Y)
-        pred = np.asarray(self.predict(np.asarray(X)[ok])).reshape(int(ok.sum()), -1)
-        truth = Y[ok]
-        if self.log_target:
-            truth, pred = np.log10(truth), np.log10(pred)
-        r2 = self.score(X, y)
+        truth, pred, names = self._truth_and_prediction(X, y)
         rmse = np.sqrt(np.mean((truth - pred) ** 2, axis=0))
         return pd.DataFrame(
-            {"target": names, "r2": [r2[n] for n in names], "rmse": rmse, "n": int(ok.sum())}
+            {"target": names, "r2": _r2_per_column(truth, pred), "rmse": rmse, "n": len(truth)}
         ).set_index("target")
 
 
@@ -524,3 +521,9 @@ def plot_segmentations(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+def _r2_per_column(truth: np.ndarray, pred: np.ndarray) -> list[float]:
+    from sklearn.metrics import r2_score
+
+    return [float(r2_score(truth[:, i], pred[:, i])) for i in range(truth.shape[1])]
