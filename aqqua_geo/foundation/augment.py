@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from aqqua_geo.foundation.traits import border_pixels, to_grey
+
 # Luminance weights (ITU-R BT.601, as PIL's "L" mode) for RGB vignettes fed to grey models.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MAX_GLOBAL_TRIES = 10
@@ -199,20 +201,18 @@ def to_model_channels(image: np.ndarray, in_chans: int) -> np.ndarray:
 
 def background_level(image: np.ndarray) -> float:
     """Background grey level: median of the one-pixel border (vignettes are cut around the organism)."""
-    grey = image if image.ndim == 2 else image.mean(axis=2)
-    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
-    return float(np.median(border))
+    return float(np.median(border_pixels(to_grey(image))))
 
 
 def organism_mask(image: np.ndarray, background: float) -> np.ndarray:
     """Boolean mask of pixels that differ from the background by more than its noise.
 
     Threshold = max(8 grey levels, 4 × the border's median absolute deviation). Used only
-    to place crops, so a rough mask is enough; an all-background image gives an all-True mask.
+    to place crops, so a rough mask is enough (the traits' full segmentation is not needed);
+    an all-background image gives an all-True mask.
     """
-    grey = image.astype(np.float32) if image.ndim == 2 else image.astype(np.float32).mean(axis=2)
-    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
-    mad = float(np.median(np.abs(border - background)))
+    grey = to_grey(image)
+    mad = float(np.median(np.abs(border_pixels(grey) - background)))
     mask = np.abs(grey - background) > max(8.0, 4.0 * mad)
     return mask if mask.any() else np.ones_like(mask)
 

@@ -114,13 +114,14 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     return img.astype(np.float64, copy=False)
 
 
-def _border(grey: np.ndarray) -> np.ndarray:
+def border_pixels(grey: np.ndarray) -> np.ndarray:
+    """The one-pixel frame of an image (vignettes are cut around the organism: it is background)."""
     return np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
 
 
 def background_level(grey: np.ndarray) -> tuple[float, bool, float]:
     """Background grey level, dark-field flag and border noise (robust σ) from the image border."""
-    border = _border(grey)
+    border = border_pixels(grey)
     bg = float(np.median(border))
     dark_field = (bg - float(grey.min())) < (float(grey.max()) - bg)
     noise = 1.4826 * float(np.median(np.abs(border - bg)))
