@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from aqqua_geo.explore.server import ExplorerServer
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "explore"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -141,3 +143,12 @@ def wait_ready(pg) -> None:
                          timeout=30_000)
     err = pg.evaluate("window.aqquaExplorer.error")
     assert err is None, f"explorer failed to load: {err}"
+
+
+@pytest.fixture(scope="module")
+def server(pca_explorer, tmp_path_factory):
+    srv = ExplorerServer(pca_explorer, tmp_path_factory.mktemp("exports"), port=0)
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+    srv.server_close()

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from matplotlib.path import Path as PolygonPath
 
-from aqqua_geo.explore.server import ExplorerServer
 from aqqua_geo.explore.static_site import image_rows, write_static
 
 from .conftest import require_chromium, wait_ready
@@ -26,13 +25,6 @@ def static_site(pca_explorer, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def server(pca_explorer, tmp_path_factory):
-    srv = ExplorerServer(pca_explorer, tmp_path_factory.mktemp("exports"), port=0)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
 
 
 def _canvas_rgb(page, x: float, y: float) -> str:

@@ -14,16 +14,8 @@ import pytest
 from PIL import Image
 
 from aqqua_geo.explore.points import decode_points
-from aqqua_geo.explore.server import ExplorerServer
 
 
-@pytest.fixture(scope="module")
-def server(pca_explorer, tmp_path_factory):
-    srv = ExplorerServer(pca_explorer, tmp_path_factory.mktemp("exports"), port=0)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
 
 
 def _get(url: str) -> tuple[int, str, bytes]:

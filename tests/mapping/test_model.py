@@ -218,7 +218,7 @@ def test_spatial_block_cv_is_nested_and_lower_than_training_fit():
 
 
 def test_dask_path_with_in_process_client():
-    dd = pytest.importorskip("dask.dataframe")
+    import dask.dataframe as dd
     from distributed import Client
 
     X, y = _toy(400)
