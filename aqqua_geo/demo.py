@@ -116,7 +116,7 @@ def _ingest(r: DemoResult) -> None:
     r.paths["store"] = store
     r.figures["objects in store"] = f"{len(s)} ({', '.join(f'{k}: {v}' for k, v in s.metadata['instrument'].value_counts().items())})"
     r.figures["rejected / duplicates"] = (
-        f"{sum(sum(rep.rejected_by_reason.values()) for rep in reports)} / {sum(rep.n_duplicates for rep in reports)}"
+        f"{sum(rep.n_rejected for rep in reports)} / {sum(rep.n_duplicates for rep in reports)}"
     )
 
 
@@ -181,28 +181,14 @@ def _samples(r: DemoResult) -> None:
 
 
 def _flux(r: DemoResult) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from aqqua_geo.mapping.ecopart import flux_profile, flux_summary, psd, read_ecopart
+    from aqqua_geo.mapping.ecopart import flux_summary, plot_flux_profiles, read_ecopart
 
     out = r.out / "flux"
     out.mkdir()
     casts = read_ecopart(data.path("ecopart_bats361"))
     summary = flux_summary(casts)
     summary.to_csv(out / "bats361_flux_summary.csv", index=False)
-    fig, ax = plt.subplots(figsize=(4, 6))
-    for cast in casts:
-        profile = flux_profile(psd(cast))
-        ax.plot(profile.values, profile["depth"].values, label=cast.profile_id)
-    ax.invert_yaxis()
-    ax.set(xlabel="POC flux (mg C m$^{-2}$ d$^{-1}$), Guidi et al. 2008", ylabel="depth (m)",
-           title="UVP5 casts, BATS 361 (July 2019)")
-    ax.legend(fontsize="small")
-    fig.savefig(out / "bats361_flux_profiles.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    plot_flux_profiles(casts, out / "bats361_flux_profiles.png")
     r.paths["BATS flux"] = out
     at200 = summary[summary["horizon_m"] == 200.0]
     r.figures["BATS POC flux at 200 m (mg C m-2 d-1)"] = ", ".join(
