@@ -16,7 +16,7 @@ API a user calls in a notebook:
 9. write the embedding explorer as a static page.
 
 The bundled UVP6 vignettes carry no published sampling metadata, so the demo ingests them
-with explicit placeholder constants (``UVP6_PLACEHOLDERS``); they serve the image model only
+with explicit placeholder constants (``aqqua_geo.data.UVP6_PLACEHOLDERS``); they serve the image model only
 and never enter a map.
 """
 
@@ -31,17 +31,6 @@ from rich.console import Console
 from rich.table import Table
 
 from aqqua_geo import data
-
-#: Constant metadata for the UVP6 vignettes, whose time and place were not published with
-#: them (see aqqua_geo/data/SOURCES.md). Placeholders, recorded as user-supplied in raw/.
-UVP6_PLACEHOLDERS = {
-    "datetime": "2020-01-01T00:00:00Z",
-    "lat": 0.0,
-    "lon": 0.0,
-    "depth_min": 0.0,
-    "depth_max": 0.0,
-}
-
 
 @dataclass
 class DemoResult:
@@ -104,14 +93,8 @@ def _ingest(r: DemoResult) -> None:
         ingest(ecotaxa / "import_test", store, fmt="ecotaxa"),
         ingest(ecotaxa / "ref_exports" / "doi", store, fmt="ecotaxa"),  # same images: de-duplicated
         ingest(data.path("ifcb"), store, fmt="ifcb", positions=data.DATA_DIR / "ifcb_positions.csv"),
-        ingest(
-            data.path("uvp6_vignettes"),
-            store,
-            fmt="folder",
-            metadata=data.DATA_DIR / "uvp6_vignettes.metadata.csv",
-            constants=UVP6_PLACEHOLDERS,
-        ),
     ]
+    data.write_uvp6_store(store)
     s = AqquaStore(store)
     r.paths["store"] = store
     r.figures["objects in store"] = f"{len(s)} ({', '.join(f'{k}: {v}' for k, v in s.metadata['instrument'].value_counts().items())})"
@@ -131,8 +114,8 @@ def _pretrain(r: DemoResult, minutes: float) -> None:
 
 
 def _predict(r: DemoResult) -> None:
-    from aqqua_geo.foundation.classify import train_classifier
-    from aqqua_geo.foundation.inference import predict_store
+    from aqqua_geo.downstream.classify import train_classifier
+    from aqqua_geo.downstream.inference import predict_store
 
     clf_path = r.out / "classifier" / "classifier.joblib"
     bundle = train_classifier(r.paths["backbone"], r.paths["store"], clf_path, kind="knn", min_count=10, rare="group")
@@ -144,7 +127,7 @@ def _predict(r: DemoResult) -> None:
 
 
 def _benchmark(r: DemoResult) -> None:
-    from aqqua_geo.foundation.benchmark import run_benchmark
+    from aqqua_geo.downstream.benchmark import run_benchmark
 
     rows = run_benchmark([r.paths["backbone"]], r.paths["store"], r.out / "benchmark", names=["tiny-ssl"])
     r.paths["leaderboard"] = r.out / "benchmark" / "leaderboard.md"

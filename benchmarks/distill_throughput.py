@@ -1,6 +1,6 @@
 """Distilled student vs teacher: CPU throughput, kNN accuracy and ONNX agreement.
 
-Distils ``--teacher`` into a small student (``aqqua_geo.foundation.distill.distill``: cosine +
+Distils ``--teacher`` into a small student (``aqqua_geo.downstream.distill.distill``: cosine +
 smooth-L1 on CLS embeddings, + KL on a linear probe's logits fitted on the teacher's training
 split) on the images of the bundled UVP6 store, then in the same run:
 
@@ -25,11 +25,11 @@ import numpy as np
 
 
 def _packed_batches(model, images, pixel_sizes, per_batch: int = 64):
-    from aqqua_geo.foundation.embed import image_to_tensor
+    from aqqua_geo.imaging import model_input
     from aqqua_geo.foundation.packing import pack_images
 
     cfg, row = model.cfg, model.max_tokens_per_image + model.num_prefix_tokens
-    batches = [pack_images([image_to_tensor(im, model.in_chans, cfg["img_mean"], cfg["img_std"])
+    batches = [pack_images([model_input(im, model.in_chans, cfg["img_mean"], cfg["img_std"])
                             for im in images[i : i + per_batch]], pixel_sizes[i : i + per_batch], model.patch_size,
                            row, max_tokens_per_image=model.max_tokens_per_image,
                            n_prefix_tokens=model.num_prefix_tokens)
@@ -84,9 +84,11 @@ def main() -> None:
     import torch
     from sklearn.model_selection import train_test_split
 
-    from aqqua_geo.foundation.benchmark import classification_metrics
-    from aqqua_geo.foundation.classify import ClassifierBundle, KNNClassifier, LinearProbe, file_sha256
-    from aqqua_geo.foundation.distill import default_student_cfg, distill, export_onnx
+    from aqqua_geo.downstream.benchmark import classification_metrics
+    from aqqua_geo._io import file_sha256
+    from aqqua_geo.downstream.classify import ClassifierBundle
+    from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
+    from aqqua_geo.downstream.distill import default_student_cfg, distill, export_onnx
     from aqqua_geo.foundation.embed import embed_images
     from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore

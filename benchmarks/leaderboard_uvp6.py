@@ -6,7 +6,7 @@
    of ``Copepoda`` vignettes, leaving 630 objects in 8 classes;
 2. pretrains the tiny config (``foundation/configs/tiny.yaml``) for ``--steps`` steps, unless
    ``--model`` gives a backbone;
-3. runs :func:`aqqua_geo.foundation.benchmark.run_benchmark` on the SSL backbone and on a
+3. runs :func:`aqqua_geo.downstream.benchmark.run_benchmark` on the SSL backbone and on a
    randomly initialised backbone of the same architecture (control), with the
    ``MorphometricRandomForest`` baseline in the same run and split, and prints the rows.
 
@@ -25,13 +25,9 @@ import pandas as pd
 
 def uvp6_store(workdir: Path) -> Path:
     """The bundled UVP6 vignettes ingested into ``workdir/uvp6_store`` (idempotent)."""
-    from aqqua_geo.data import path
-    from aqqua_geo.ingest import ingest
+    from aqqua_geo.data import write_uvp6_store
 
-    store = workdir / "uvp6_store"
-    ingest(path("uvp6_vignettes"), store, fmt="folder", progress=False,
-           constants=["datetime=2020-01-01T00:00Z", "lat=43.7", "lon=7.3", "depth=50", "sample_id=uvpec_test"])
-    return store
+    return write_uvp6_store(workdir / "uvp6_store")
 
 
 def main() -> None:
@@ -45,7 +41,7 @@ def main() -> None:
     import torch
 
     from aqqua_geo.foundation import load_config, pretrain
-    from aqqua_geo.foundation.benchmark import run_benchmark
+    from aqqua_geo.downstream.benchmark import run_benchmark
     from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
 
     args.workdir.mkdir(parents=True, exist_ok=True)

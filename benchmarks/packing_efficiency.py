@@ -19,7 +19,7 @@ from PIL import Image
 
 from aqqua_geo._compat import import_timm
 from aqqua_geo.data import path
-from aqqua_geo.foundation.embed import image_to_tensor
+from aqqua_geo.imaging import model_input
 from aqqua_geo.foundation.packing import pack_images, resized_size
 from aqqua_geo.foundation.vit import build_backbone
 
@@ -63,7 +63,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     files = sorted(path("uvp6_vignettes").glob("*/*.png"))
-    images = [image_to_tensor(np.asarray(Image.open(f)), 1, [0.5], [0.5]) for f in files]
+    images = [model_input(np.asarray(Image.open(f)), 1, [0.5], [0.5]) for f in files]
     order = np.random.default_rng(0).permutation(len(images))
     p, budget = args.patch_size, args.max_tokens_per_image
     print(f"{len(images)} UVP6 vignettes, patch {p}, <= {budget} patches/image, rows of {args.max_tokens_per_row}")

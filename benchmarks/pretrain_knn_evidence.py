@@ -25,9 +25,9 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.model_selection import train_test_split
 
-from aqqua_geo.foundation.classify import KNNClassifier
+from aqqua_geo.downstream.probes import KNNClassifier
 from aqqua_geo.foundation.config import load_config
-from aqqua_geo.foundation.data import write_bundled_uvp6_store
+from aqqua_geo.data import write_uvp6_store
 from aqqua_geo.foundation.embed import embed_images
 from aqqua_geo.foundation.ssl_meta_arch import SSLMetaArch
 from aqqua_geo.foundation.train import pretrain
@@ -101,7 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         out = args.out or tmp / "run"
-        store = AqquaStore(write_bundled_uvp6_store(tmp / "all"))
+        store = AqquaStore(write_uvp6_store(tmp / "all"))
         labels = store.metadata["label"].to_numpy()
         rows = np.arange(len(store))
         train, test = train_test_split(rows, test_size=args.test_size, stratify=labels, random_state=args.seed)

@@ -28,7 +28,8 @@ import torch
 
 from aqqua_geo.foundation.collate import collate_multicrop
 from aqqua_geo.foundation.config import load_config
-from aqqua_geo.foundation.data import MultiCropDataset, write_bundled_uvp6_store
+from aqqua_geo.data import write_uvp6_store
+from aqqua_geo.foundation.data import MultiCropDataset
 from aqqua_geo.foundation.packing import PackedBatch, PackedLayout
 from aqqua_geo.foundation.sampler import BalancedSampler, curation_probabilities
 from aqqua_geo.foundation.ssl_meta_arch import SSLMetaArch
@@ -139,7 +140,7 @@ def main() -> None:
     cfg = load_config(args.config, overrides + args.override)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        store_dir = args.store or write_bundled_uvp6_store(Path(tmp) / "store")
+        store_dir = args.store or write_uvp6_store(Path(tmp) / "store")
         batches = make_batches(cfg, store_dir, args.steps + 2)
 
     torch.manual_seed(0)

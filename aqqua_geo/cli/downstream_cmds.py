@@ -54,7 +54,7 @@ def embed(model: Model, store: Store, out: Out, chunk_size: ChunkSize = 256, max
           threads: Threads = None) -> None:
     """Embed every image of a store into OUT/embeddings.zarr (resumable: re-run after a kill)."""
     _set_threads(threads)
-    from aqqua_geo.foundation.inference import embed_store
+    from aqqua_geo.foundation.embed import embed_store
 
     path = embed_store(model, store, out, chunk_size=chunk_size, max_tokens_per_batch=max_tokens,
                        device=device, overwrite=overwrite)
@@ -72,7 +72,7 @@ def predict(model: Model, store: Store, out: Out,
     _set_threads(threads)
     import pandas as pd
 
-    from aqqua_geo.foundation.inference import predict_store
+    from aqqua_geo.downstream.inference import predict_store
 
     path = predict_store(model, store, out, classifier, top_k=top_k, chunk_size=chunk_size,
                          max_tokens_per_batch=max_tokens, device=device, overwrite=overwrite)
@@ -99,7 +99,8 @@ def finetune(model: Model, store: Store, out: Out,
              threads: Threads = None) -> None:
     """Train a species classifier on a store's labels; writes OUT/classifier.joblib."""
     _set_threads(threads)
-    from aqqua_geo.foundation.classify import ClassifierBundle, finetune as run_finetune, train_classifier
+    from aqqua_geo.downstream.classify import ClassifierBundle, train_classifier
+    from aqqua_geo.downstream.finetune import finetune as run_finetune
 
     out.mkdir(parents=True, exist_ok=True)
     if mode is Mode.full:
@@ -143,7 +144,7 @@ def distill(teacher: Annotated[Path, typer.Option(help="Teacher backbone.pt.", e
             threads: Threads = None) -> None:
     """Distil a teacher backbone into a small student (OUT/student.pt, OUT/student.onnx)."""
     _set_threads(threads)
-    from aqqua_geo.foundation.distill import default_student_cfg, distill as run_distill, export_onnx
+    from aqqua_geo.downstream.distill import default_student_cfg, distill as run_distill, export_onnx
     from aqqua_geo.foundation.vit import load_backbone
 
     cfg = default_student_cfg(load_backbone(teacher).cfg, arch)
@@ -177,7 +178,7 @@ def benchmark(model: Annotated[list[Path], typer.Option("--model", "-m", help="B
     from rich.console import Console
     from rich.table import Table
 
-    from aqqua_geo.foundation.benchmark import run_benchmark
+    from aqqua_geo.downstream.benchmark import run_benchmark
 
     rows = run_benchmark(model, store, out, names=name or None, labels=labels, k=k, test_size=test_size,
                          seed=seed, min_count=min_count, baseline=baseline, device=device,

@@ -1,4 +1,4 @@
-"""Read ``embeddings.zarr`` (written by ``aqqua_geo.foundation.inference.predict_store``).
+"""Read ``embeddings.zarr`` (written by ``aqqua_geo.downstream.inference.predict_store``).
 
 Layout (docs/interfaces.md): array ``embedding`` (N, D) float32 and array ``object_id`` (N,).
 """

@@ -200,7 +200,7 @@ def write_ecotaxa(
     category, other columns ``object_<name>`` fields), or ``None`` to export the store's own labels
     with their status. ``object_ids``: the objects to export, in order (default: those with a
     prediction, or the whole store). With ``add_traits`` the morphometric traits of
-    :mod:`aqqua_geo.foundation.traits` missing from the predictions are measured and added.
+    :mod:`aqqua_geo.downstream.traits` missing from the predictions are measured and added.
     """
     from aqqua_geo.store import AqquaStore
 
@@ -232,7 +232,7 @@ def write_ecotaxa(
         pred = pred.reindex(ids)
     trait_cols: list[str] = []
     if add_traits:
-        from aqqua_geo.foundation.traits import TRAIT_KEYS
+        from aqqua_geo.downstream.traits import TRAIT_KEYS
 
         trait_cols = [k for k in TRAIT_KEYS if pred is None or k not in pred.columns]
     numeric, text = _free_columns(pred)
@@ -275,7 +275,7 @@ def write_ecotaxa(
                 images = store.get_many(ids[lo:hi])
                 values = pred.iloc[lo:hi] if pred is not None else pd.DataFrame(index=ids[lo:hi])
                 if trait_cols:
-                    from aqqua_geo.foundation.traits import measure_many
+                    from aqqua_geo.downstream.traits import measure_many
 
                     traits = measure_many(images, meta["pixel_size_um"].to_numpy()[lo:hi])[trait_cols]
                     values = pd.concat([values.reset_index(drop=True), traits], axis=1)

@@ -33,10 +33,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from aqqua_geo.foundation.traits import border_pixels, to_grey
+from aqqua_geo.foundation.packing import resized_size
+from aqqua_geo.imaging import background_level, border_pixels, normalise_for_model, to_grey, to_model_channels
 
-# Luminance weights (ITU-R BT.601, as PIL's "L" mode) for RGB vignettes fed to grey models.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MAX_GLOBAL_TRIES = 10
 
 
@@ -88,8 +87,8 @@ class PlanktonMultiCrop:
         self.patch_size = int(cfg["model"]["patch_size"])
         self.in_chans = int(cfg["model"]["in_chans"])
         # The backbone's own normalisation (stored in backbone.pt, reused by embed_images).
-        self.img_mean = _per_channel(cfg["model"]["img_mean"], self.in_chans)
-        self.img_std = _per_channel(cfg["model"]["img_std"], self.in_chans)
+        self.img_mean = cfg["model"]["img_mean"]
+        self.img_std = cfg["model"]["img_std"]
         self.n_global = int(crops["n_global_crops"])
         self.n_local = int(crops["n_local_crops"])
         self.global_area_range = tuple(float(v) for v in crops["global_area_range"])
@@ -173,37 +172,10 @@ class PlanktonMultiCrop:
             crop = crop.filter(ImageFilter.GaussianBlur(rng.uniform(*prof["blur_sigma_px"])))
         x = np.asarray(crop, dtype=np.float32) / 255.0
         x = _photometric(x, bg / 255.0, prof, rng)
-        x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-        x = (x - self.img_mean) / self.img_std
-        return Crop(torch.from_numpy(np.ascontiguousarray(x)), px_um)
+        return Crop(normalise_for_model(x, self.img_mean, self.img_std), px_um)
 
 
-def _per_channel(value, in_chans: int) -> np.ndarray:
-    values = np.asarray(value if isinstance(value, (list, tuple)) else [value], dtype=np.float32)
-    return np.broadcast_to(values, (in_chans,)).reshape(in_chans, 1, 1).copy()
-
-
-# -- building blocks (public: used by tests and by inference-side preprocessing) ------------
-def to_model_channels(image: np.ndarray, in_chans: int) -> np.ndarray:
-    """uint8 H×W (grey) or H×W×3 for a model with *in_chans* input channels."""
-    if image.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if in_chans == 1:
-        if image.ndim == 3:  # RGB(A) → luminance
-            image = np.clip(image[..., :3].astype(np.float32) @ _LUMA + 0.5, 0, 255).astype(np.uint8)
-        return image
-    if in_chans == 3:
-        return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
-    raise ValueError(f"model.in_chans must be 1 or 3, got {in_chans}")
-
-
-def background_level(image: np.ndarray) -> float:
-    """Background grey level: median of the one-pixel border (vignettes are cut around the organism)."""
-    return float(np.median(border_pixels(to_grey(image))))
-
-
+# -- building blocks (public: used by tests) -------------------------------------------------
 def organism_mask(image: np.ndarray, background: float) -> np.ndarray:
     """Boolean mask of pixels that differ from the background by more than its noise.
 
@@ -222,17 +194,14 @@ def fit_token_budget(
 ) -> tuple[Image.Image, float]:
     """Downscale *crop* (never up) until its patch grid has at most *max_tokens* tokens.
 
-    Returns the crop and its new pixel size (µm/px grows by the mean of the two axis factors).
+    The size is :func:`~aqqua_geo.foundation.packing.resized_size`, the fit that packing
+    applies at inference. Returns the crop and its new pixel size (µm/px grows by the mean of
+    the two axis factors).
     """
     w, h = crop.size
-    if math.ceil(h / patch_size) * math.ceil(w / patch_size) <= max_tokens:
+    nh, nw = resized_size(h, w, patch_size, max_tokens)
+    if (nh, nw) == (h, w):
         return crop, pixel_size_um
-    scale = math.sqrt(max_tokens / ((h / patch_size) * (w / patch_size)))
-    while True:
-        nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
-        if math.ceil(nh / patch_size) * math.ceil(nw / patch_size) <= max_tokens:
-            break
-        scale *= 0.97
     resized = crop.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
     return resized, pixel_size_um * 0.5 * (w / nw + h / nh)
 

@@ -124,7 +124,7 @@ def load_embeddings(path: str | Path, object_ids: Sequence[str]) -> np.ndarray:
         if len(emb) != len(object_ids):
             raise ValueError(f"{path}: {len(emb)} rows but the store has {len(object_ids)} objects")
         return emb
-    from aqqua_geo.foundation.inference import read_embeddings
+    from aqqua_geo.foundation.embed import read_embeddings
 
     ids, emb = read_embeddings(path)
     row = {str(oid): i for i, oid in enumerate(ids)}

@@ -1,22 +1,18 @@
-"""The store's ``manifest.json`` and atomic file replacement.
+"""The store's ``manifest.json``.
 
-Every file of the store is written to a temporary name in the same directory, flushed to
-disk and moved into place with :func:`os.replace`, so a reader (or a crash) sees either the
-old or the new file, never half of one.
+Every file of the store is written through :mod:`aqqua_geo._io` (temporary name in the same
+directory, fsync, :func:`os.replace`), so a reader (or a crash) sees either the old or the
+new file, never half of one.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from aqqua_geo._io import atomic_write_bytes
 from aqqua_geo.store.schema import FORMAT, FORMAT_VERSION
 
 MANIFEST = "manifest.json"
@@ -35,41 +31,6 @@ def package_version() -> str:
         return version("aqqua-geo")
     except Exception:  # noqa: BLE001 - not installed: still write a manifest
         return "unknown"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write *data* to *path* atomically (temp file in the same dir + fsync + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_parquet(path: str | Path, table: pa.Table) -> None:
-    """Write *table* to *path* as Parquet atomically."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def new_manifest() -> dict[str, Any]:

@@ -28,17 +28,15 @@ from typing import Any
 
 import lmdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
+from aqqua_geo._io import atomic_write_bytes, atomic_write_parquet
 from aqqua_geo.store.manifest import (
     MANIFEST,
-    atomic_write_bytes,
-    atomic_write_parquet,
     new_manifest,
     now_iso,
     package_version,
@@ -52,7 +50,6 @@ from aqqua_geo.store.schema import (
     REJECTED_SCHEMA,
     InvalidRecord,
     check_record,
-    empty_metadata,
     metadata_table,
     raw_table,
 )

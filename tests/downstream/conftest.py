@@ -74,24 +74,17 @@ def uvp6_files(bundled_data, counts: dict[str, int]) -> dict[str, list[Path]]:
 
 
 def make_uvp6_store(root: Path, files: dict[str, list[Path]], raw_area: bool = False) -> Path:
-    """A small labelled store of real UVP6 vignettes at ``root/store`` (the class folder gives the
-    label; placeholder time and place, which these tests never read). With *raw_area* the raw
+    """A small labelled store of these real UVP6 vignettes at ``root/store``, through the one
+    bundled-store builder (:func:`aqqua_geo.data.write_uvp6_store`). With *raw_area* the raw
     metadata carries a ZooProcess-style ``object_area`` (px), which enables the trait R² path."""
     from PIL import Image
 
-    from aqqua_geo.store import StoreWriter
+    from aqqua_geo.data import uvp6_metadata, write_uvp6_store
 
-    store = root / "store"
-    with StoreWriter(store, source="uvp6_test", source_format="folder", source_path="uvp6_vignettes") as w:
-        for folder, paths in files.items():
-            for f in paths:
-                rec = {"source": "uvp6_test", "instrument": "UVP6", "sample_id": "s1",
-                       "datetime": "2020-01-01T00:00:00Z", "lat": 43.0, "lon": 7.0, "depth_min": 10.0,
-                       "depth_max": 10.0, "pixel_size_um": 73.0, "sampled_volume_l": np.nan,
-                       "label": folder.split("__")[0], "label_status": "validated"}
-                image = np.array(Image.open(f).convert("L"))
-                raw = {"file": f.name}
-                if raw_area:
-                    raw["object_area"] = str(int((image > 20).sum()))
-                w.add(f"{folder}/{f.stem}", image, rec, raw)
-    return store
+    src = Path(next(iter(files.values()))[0]).parents[1]
+    wanted = [f"{folder}/{f.name}" for folder, paths in files.items() for f in paths]
+    table = uvp6_metadata().set_index("path").loc[wanted].reset_index()
+    if raw_area:
+        table["object_area"] = [str(int((np.array(Image.open(src / rel).convert("L")) > 20).sum()))
+                                for rel in table["path"]]
+    return write_uvp6_store(root / "store", table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aqqua_geo.foundation.baseline import FEATURE_NAMES, MorphometricRandomForest, chance_accuracy
+from aqqua_geo.downstream.baseline import FEATURE_NAMES, MorphometricRandomForest, chance_accuracy
 
 UVP6_PIXEL_UM = 73.0  # UVP6-LP pixel size; identical for every vignette, so it only scales features
 

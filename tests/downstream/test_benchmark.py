@@ -24,7 +24,7 @@ def make_store(root: Path, bundled_data, per_class: int = 12) -> Path:
 
 
 def test_classification_metrics_by_hand():
-    from aqqua_geo.foundation.benchmark import classification_metrics
+    from aqqua_geo.downstream.benchmark import classification_metrics
 
     m = classification_metrics(["a", "a", "a", "b"], ["a", "a", "b", "b"])
     assert m["top1"] == pytest.approx(0.75)
@@ -36,7 +36,7 @@ def test_classification_metrics_by_hand():
 def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
     import torch
 
-    from aqqua_geo.foundation.benchmark import BASELINE_NAME, LEADERBOARD_COLUMNS, run_benchmark
+    from aqqua_geo.downstream.benchmark import BASELINE_NAME, LEADERBOARD_COLUMNS, run_benchmark
     from aqqua_geo.foundation.vit import build_backbone, save_backbone
 
     torch.manual_seed(0)
@@ -72,7 +72,7 @@ def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
 
 
 def test_benchmark_bad_inputs(tmp_path, bundled_data):
-    from aqqua_geo.foundation.benchmark import run_benchmark
+    from aqqua_geo.downstream.benchmark import run_benchmark
 
     store = make_store(tmp_path, bundled_data, per_class=2)
     with pytest.raises(ValueError, match="fewer than 2 classes"):

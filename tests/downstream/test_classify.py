@@ -7,16 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aqqua_geo.foundation.classify import (
-    ClassifierBundle,
-    KNNClassifier,
-    LinearProbe,
-    expected_calibration_error,
-    fit_temperature,
-    group_rare_classes,
-    l2_normalize,
-    softmax,
-)
+from aqqua_geo.downstream.classify import ClassifierBundle, expected_calibration_error, fit_temperature, group_rare_classes
+from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe, l2_normalize, softmax
 
 
 def blobs(n_per_class=40, dim=16, n_classes=3, seed=0, spread=0.3):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 3, "num_heads": 2, "patch_
 
 
 def test_class_weights_by_hand():
-    from aqqua_geo.foundation.classify import class_weights
+    from aqqua_geo.downstream.finetune import class_weights
 
     # inverse frequency 1/10, 1/40 → normalised to mean 1: 1.6, 0.4
     np.testing.assert_allclose(class_weights([10, 40], "inverse_frequency"), [1.6, 0.4])
@@ -29,7 +28,7 @@ def test_class_weights_by_hand():
 
 
 def test_layer_decay_groups():
-    from aqqua_geo.foundation.classify import layer_decay_param_groups
+    from aqqua_geo.downstream.finetune import layer_decay_param_groups
     from aqqua_geo.foundation.vit import build_backbone
 
     model = build_backbone(TINY)
@@ -48,7 +47,8 @@ def test_layer_decay_groups():
 
 
 def test_finetune_end_to_end_with_rare_class(tmp_path, bundled_data):
-    from aqqua_geo.foundation.classify import ClassifierBundle, finetune
+    from aqqua_geo.downstream.classify import ClassifierBundle
+    from aqqua_geo.downstream.finetune import finetune
     from aqqua_geo.foundation.embed import embed_images
     from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
     from aqqua_geo.store import AqquaStore
@@ -78,7 +78,7 @@ def test_finetune_end_to_end_with_rare_class(tmp_path, bundled_data):
 
 def test_batchnorm_head_folds_into_linear_probe():
     """finetune's BatchNorm(affine=False) + Linear head == the saved LinearProbe's logits."""
-    from aqqua_geo.foundation.classify import LinearProbe
+    from aqqua_geo.downstream.probes import LinearProbe
 
     torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.BatchNorm1d(6, affine=False), torch.nn.Linear(6, 3))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ STUDENT = {"arch": "vit_tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "pat
 
 
 def test_distillation_loss_terms_by_hand():
-    from aqqua_geo.foundation.distill import distillation_loss
+    from aqqua_geo.downstream.distill import distillation_loss
 
     s = torch.tensor([[1.0, 0.0]])
     t = torch.tensor([[0.0, 2.0]])
@@ -38,9 +37,11 @@ def test_distillation_loss_terms_by_hand():
 
 
 def test_distill_student_learns_teacher_and_exports(tmp_path, bundled_data):
-    from aqqua_geo.foundation.classify import ClassifierBundle, LinearProbe
-    from aqqua_geo.foundation.distill import distill, export_onnx
-    from aqqua_geo.foundation.embed import embed_images, image_to_tensor
+    from aqqua_geo.downstream.classify import ClassifierBundle
+    from aqqua_geo.downstream.probes import LinearProbe
+    from aqqua_geo.downstream.distill import distill, export_onnx
+    from aqqua_geo.foundation.embed import embed_images
+    from aqqua_geo.imaging import model_input
     from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
     from aqqua_geo.store import AqquaStore
 
@@ -52,7 +53,7 @@ def test_distill_student_learns_teacher_and_exports(tmp_path, bundled_data):
     t_emb = embed_images(load_backbone(teacher_path), images, [73.0] * len(images))
     labels = store.metadata["label"].to_numpy()
     probe = LinearProbe(C=1e4).fit(t_emb, labels)  # sharp logits: a visible KL term
-    from aqqua_geo.foundation.classify import file_sha256
+    from aqqua_geo._io import file_sha256
 
     ClassifierBundle(head=probe, embedding={"backbone_sha256": file_sha256(teacher_path)}).save(tmp_path / "c.joblib")
 
@@ -71,14 +72,15 @@ def test_distill_student_learns_teacher_and_exports(tmp_path, bundled_data):
     assert res["ok"] and res["max_abs_diff"] <= 1e-4
     import onnxruntime as ort
 
-    x = image_to_tensor(images[0], 1, student.cfg["img_mean"], student.cfg["img_std"])[None].numpy()
+    x = model_input(images[0], 1, student.cfg["img_mean"], student.cfg["img_std"])[None].numpy()
     onnx_out = ort.InferenceSession(res["path"]).run(None, {"image": x})[0]
     np.testing.assert_allclose(onnx_out, embed_images(student, images[:1], [73.0]), atol=1e-4)
 
 
 def test_distill_rejects_knn_classifier(tmp_path, bundled_data):
-    from aqqua_geo.foundation.classify import ClassifierBundle, KNNClassifier
-    from aqqua_geo.foundation.distill import distill
+    from aqqua_geo.downstream.classify import ClassifierBundle
+    from aqqua_geo.downstream.probes import KNNClassifier
+    from aqqua_geo.downstream.distill import distill
     from aqqua_geo.foundation.vit import build_backbone, save_backbone
 
     teacher_path = save_backbone(build_backbone(TEACHER), tmp_path / "teacher.pt")

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +36,7 @@ def test_embed_store_writes_consolidated_zarr(tiny_setup, tmp_path):
     import zarr
 
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.inference import embed_store, read_embeddings
+    from aqqua_geo.foundation.embed import embed_store, read_embeddings
     from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore
 
@@ -67,7 +66,7 @@ def test_embed_store_resumes_after_kill(tiny_setup, tmp_path):
     """Kill a run after two chunks: the rerun skips them (same bytes) and finishes."""
     import zarr
 
-    from aqqua_geo.foundation.inference import embed_store, read_embeddings
+    from aqqua_geo.foundation.embed import embed_store, read_embeddings
 
     model_path, store_dir = tiny_setup
     out = tmp_path / "out"
@@ -78,7 +77,7 @@ orig = e.embed_images
 def slow(*a, **k):
     r = orig(*a, **k); time.sleep(0.4); return r
 e.embed_images = slow
-from aqqua_geo.foundation.inference import embed_store
+from aqqua_geo.foundation.embed import embed_store
 embed_store({str(model_path)!r}, {str(store_dir)!r}, {str(out)!r}, chunk_size=4, progress=False)
 """
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -125,8 +124,8 @@ embed_store({str(model_path)!r}, {str(store_dir)!r}, {str(out)!r}, chunk_size=4,
 
 
 def test_predict_store_columns_and_classifier(tiny_setup, tmp_path):
-    from aqqua_geo.foundation.classify import ClassifierBundle, train_classifier
-    from aqqua_geo.foundation.inference import predict_store
+    from aqqua_geo.downstream.classify import train_classifier
+    from aqqua_geo.downstream.inference import predict_store
     from aqqua_geo.store import AqquaStore
 
     model_path, store_dir = tiny_setup
@@ -159,7 +158,7 @@ def test_predict_store_columns_and_classifier(tiny_setup, tmp_path):
 
 
 def test_predict_without_classifier_has_null_labels(tiny_setup, tmp_path):
-    from aqqua_geo.foundation.inference import predict_store
+    from aqqua_geo.downstream.inference import predict_store
 
     model_path, store_dir = tiny_setup
     df = pd.read_parquet(predict_store(model_path, store_dir, tmp_path, progress=False))
@@ -192,8 +191,8 @@ def test_cli_finetune_predict_roundtrip(tiny_setup, tmp_path):
 
 def test_predict_resumes_from_written_parts(tiny_setup, tmp_path, monkeypatch):
     """A crash in chunk 3 keeps parts 1-2; the rerun computes only the rest and merges all."""
-    import aqqua_geo.foundation.traits as traits_mod
-    from aqqua_geo.foundation.inference import predict_store
+    import aqqua_geo.downstream.traits as traits_mod
+    from aqqua_geo.downstream.inference import predict_store
 
     model_path, store_dir = tiny_setup
     real = traits_mod.measure_many

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aqqua_geo.foundation.classify import l2_normalize
-from aqqua_geo.foundation.novelty import NoveltyScorer, auroc, energy_score, leave_one_class_out
+from aqqua_geo.downstream.probes import l2_normalize
+from aqqua_geo.downstream.novelty import NoveltyScorer, auroc, energy_score, leave_one_class_out
 
 
 def clusters(seed=0, dim=12, n=60, n_classes=4):

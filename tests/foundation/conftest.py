@@ -8,9 +8,9 @@ import pytest
 @pytest.fixture(scope="session")
 def uvp6_store(tmp_path_factory):
     """The bundled UVP6 vignettes ingested into a store (630 objects, 8 classes)."""
-    from aqqua_geo.foundation.data import write_bundled_uvp6_store
+    from aqqua_geo.data import write_uvp6_store
 
-    return write_bundled_uvp6_store(tmp_path_factory.mktemp("uvp6") / "store")
+    return write_uvp6_store(tmp_path_factory.mktemp("uvp6") / "store")
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ def test_unknown_key_in_a_config_file(tmp_path):
 
 
 def test_missing_config_names_the_alternatives(tmp_path):
-    with pytest.raises(ConfigError, match=r"no config named 'vit_z99'.*available: \[.*'tiny'"):
+    with pytest.raises(ConfigError, match=r"config named 'vit_z99'.*available: \[.*'tiny'"):
         load_config("vit_z99")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.yaml")

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from aqqua_geo.foundation.embed import embed_images, image_to_tensor
+from aqqua_geo.foundation.embed import embed_images
+from aqqua_geo.imaging import model_input
 from aqqua_geo.foundation.packing import pack_images
 from aqqua_geo.foundation.vit import ARCHS, build_backbone, load_backbone, resolve_model_cfg, save_backbone
 
@@ -165,11 +166,11 @@ def test_embed_images_order_and_determinism():
 
 
 def test_embed_images_normalises_with_stored_stats():
-    x = image_to_tensor(np.full((2, 3), 51, dtype=np.uint8), 1, [0.1], [0.05])
+    x = model_input(np.full((2, 3), 51, dtype=np.uint8), 1, [0.1], [0.05])
     assert x.shape == (1, 2, 3) and torch.allclose(x, torch.full_like(x, 2.0))
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[..., 1] = 255
-    assert torch.allclose(image_to_tensor(rgb, 1, [0.0], [1.0]), torch.full((1, 2, 2), 0.587))
+    assert torch.allclose(model_input(rgb, 1, [0.0], [1.0]), torch.full((1, 2, 2), 150 / 255))  # luminance rounded to uint8 on both paths
     with pytest.raises(ValueError, match="2 images but 1 pixel sizes"):
         embed_images(_model(), [rgb[..., 0]] * 2, [1.0])
 

@@ -1,16 +1,6 @@
 """Batch inference over an AqQua store: embeddings (Zarr) and per-image predictions (Parquet).
 
-``embed_store`` writes ``OUT/embeddings.zarr`` (Zarr v3, consolidated metadata):
-
-- ``embedding`` (N, D) float32, chunked by object (``chunk_size`` objects × D per chunk),
-- ``object_id`` (N,) strings, in store row order,
-- ``chunk_done`` (n_chunks,) bool, one Zarr chunk per embedding chunk, set after that chunk
-  is written: a killed run resumes at the first chunk not marked done.
-
-The group attribute ``aqqua_fingerprint`` (backbone hash, store ids hash, chunk size,
-dimension) guards resumption: re-running into an output of another model or store is refused
-unless ``overwrite=True``.
-
+Embeddings come from :func:`aqqua_geo.foundation.embed.embed_store` (``OUT/embeddings.zarr``).
 ``predict_store`` adds ``OUT/predictions.parquet`` keyed by ``object_id`` with the columns of
 the interface contract (top-k classes, calibrated probabilities, novelty, traits, carbon).
 Every chunk is first written as ``OUT/predictions.parts/part-NNNNN.parquet`` (atomically), so
@@ -19,120 +9,22 @@ prediction resumes chunk by chunk too; the parts are merged and removed at the e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from aqqua_geo.foundation.classify import ClassifierBundle, file_sha256
+from aqqua_geo._io import atomic_write_parquet, file_sha256
+from aqqua_geo.downstream.classify import ClassifierBundle
+from aqqua_geo.foundation.embed import embed_store
 
-EMBEDDINGS = "embeddings.zarr"
 PREDICTIONS = "predictions.parquet"
 TRAIT_COLUMNS = ("area_um2", "esd_um", "major_um", "minor_um", "biovolume_um3")
 CARBON_COLUMNS = ("carbon_ugC", "carbon_group", "carbon_relation")
 PREDICTION_UNITS = {"area_um2": "um2", "esd_um": "um", "major_um": "um", "minor_um": "um",
                     "biovolume_um3": "um3", "carbon_ugC": "ugC", "pred_prob": "1", "novelty_score": "1"}
-
-
-def _ids_digest(object_ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(object_ids).encode()).hexdigest()[:16]
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled)
-
-
-def _open_or_create_embeddings(path: Path, fingerprint: dict[str, Any], object_ids: list[str],
-                               dim: int, chunk_size: int, overwrite: bool):
-    import zarr
-
-    if path.exists() and overwrite:
-        shutil.rmtree(path)
-    if path.exists():
-        group = zarr.open_group(path, mode="r+")
-        found = group.attrs.get("aqqua_fingerprint")
-        if found is None:  # killed while creating the arrays (the fingerprint is written last)
-            shutil.rmtree(path)
-            return _open_or_create_embeddings(path, fingerprint, object_ids, dim, chunk_size, overwrite)
-        if found != fingerprint:
-            raise ValueError(
-                f"{path} holds embeddings of another model/store/chunking ({found}); "
-                "use another --out or overwrite=True (--overwrite)"
-            )
-        return group
-    n = len(object_ids)
-    n_chunks = -(-n // chunk_size)
-    group = zarr.open_group(path, mode="w", zarr_format=3)
-    group.create_array("embedding", shape=(n, dim), chunks=(chunk_size, dim), dtype="float32",
-                       fill_value=np.nan)
-    ids = group.create_array("object_id", shape=(n,), chunks=(chunk_size,), dtype=str)
-    ids[:] = np.asarray(object_ids, dtype=str)
-    group.create_array("chunk_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False)
-    group.attrs["aqqua_fingerprint"] = fingerprint
-    return group
-
-
-def embed_store(model_path: str | Path, store_dir: str | Path, out_dir: str | Path, *,
-                chunk_size: int = 256, max_tokens_per_batch: int = 4096, device: str = "cpu",
-                overwrite: bool = False, progress: bool = True) -> Path:
-    """Embed every image of a store into ``OUT/embeddings.zarr``; resumable; returns its path.
-
-    Images are fed to the backbone through :func:`~aqqua_geo.foundation.embed.embed_images`,
-    which packs native-resolution images into rows of at most *max_tokens_per_batch* tokens.
-    """
-    import torch
-    import zarr
-
-    from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import load_backbone
-    from aqqua_geo.store import AqquaStore
-
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    store = AqquaStore(store_dir)
-    if len(store) == 0:
-        raise ValueError(f"store {store_dir} holds no objects to embed")
-    model = load_backbone(model_path, device=device)
-    ids = store.object_ids
-    pixel_sizes = store.metadata["pixel_size_um"].to_numpy(dtype=np.float64)
-    fingerprint = {"backbone_sha256": file_sha256(model_path), "object_ids_sha256": _ids_digest(ids),
-                   "n_objects": len(ids), "chunk_size": chunk_size, "embed_dim": model.embed_dim}
-    out = Path(out_dir) / EMBEDDINGS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    group = _open_or_create_embeddings(out, fingerprint, ids, model.embed_dim, chunk_size, overwrite)
-    emb, done = group["embedding"], group["chunk_done"]
-    todo = np.flatnonzero(~done[:])
-    with _progress(len(ids), "embed", progress) as bar, torch.inference_mode():
-        bar.update(len(ids) - sum(min(chunk_size, len(ids) - c * chunk_size) for c in todo))
-        for c in todo:
-            lo, hi = c * chunk_size, min((c + 1) * chunk_size, len(ids))
-            images = store.get_many(range(lo, hi))
-            emb[lo:hi] = embed_images(model, images, list(pixel_sizes[lo:hi]),
-                                      max_tokens_per_batch=max_tokens_per_batch, device=device)
-            done[c] = True  # only after the chunk's data is on disk
-            bar.update(hi - lo)
-    group.attrs["complete"] = True
-    with warnings.catch_warnings():  # consolidated metadata is a zarr-python v3 extension: fine here
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(out)
-    return out
-
-
-def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(object_ids, embeddings)`` of a complete ``embeddings.zarr``."""
-    import zarr
-
-    group = zarr.open_group(path, mode="r")
-    if not group.attrs.get("complete"):
-        raise ValueError(f"{path} is incomplete: re-run `aqqua embed` to finish it")
-    return np.asarray(group["object_id"][:]), np.asarray(group["embedding"][:])
 
 
 def predictions_frame(object_ids: list[str], embeddings: np.ndarray | None, traits: pd.DataFrame,
@@ -173,15 +65,12 @@ def predictions_frame(object_ids: list[str], embeddings: np.ndarray | None, trai
 
 def _write_parquet_atomic(df: pd.DataFrame, path: Path, metadata: dict[str, str] | None = None) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                **{k.encode(): v.encode() for k, v in metadata.items()}})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    atomic_write_parquet(path, table)
 
 
 def _parquet_fingerprint(path: Path) -> str | None:
@@ -199,10 +88,12 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
     """Embeddings + ``OUT/predictions.parquet`` for every image of a store; resumable.
 
     Without a *classifier* the label, probability and novelty columns are null and carbon
-    uses the size-only relation of :func:`~aqqua_geo.foundation.carbon.estimate_carbon`.
+    uses the size-only relation of :func:`~aqqua_geo.downstream.carbon.estimate_carbon`.
     """
-    from aqqua_geo.foundation.carbon import estimate_carbon
-    from aqqua_geo.foundation.traits import measure_many
+    from tqdm.auto import tqdm
+
+    from aqqua_geo.downstream.carbon import estimate_carbon
+    from aqqua_geo.downstream.traits import measure_many
     from aqqua_geo.store import AqquaStore
 
     out_dir = Path(out_dir)
@@ -239,7 +130,7 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
     parts.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fp_text)
     n_chunks = -(-len(ids) // chunk_size)
-    with _progress(len(ids), "predict", progress) as bar:
+    with tqdm(total=len(ids), desc="predict", unit="img", disable=not progress) as bar:
         for c in range(n_chunks):
             lo, hi = c * chunk_size, min((c + 1) * chunk_size, len(ids))
             part = parts / f"part-{c:05d}.parquet"

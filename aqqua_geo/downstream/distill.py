@@ -8,7 +8,7 @@ native-resolution images as the teacher. Losses, per image:
   ``t̃`` is the teacher embedding standardised per dimension (mean/std over the store) and ``P``
   a linear projection student → teacher width (identity when the widths agree);
 - optionally class outputs: ``τ² · KL(softmax(z_t/τ) ‖ softmax(z_s/τ))`` with the logits of a
-  linear classifier (:class:`~aqqua_geo.foundation.classify.LinearProbe` bundle) applied to the
+  linear classifier (:class:`~aqqua_geo.downstream.classify.LinearProbe` bundle) applied to the
   teacher embedding and to the projected student embedding mapped back to teacher space
   (Hinton et al. 2015).
 
@@ -28,7 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from aqqua_geo.foundation.classify import ClassifierBundle, LinearProbe, _augment, file_sha256, forward_images
+from aqqua_geo._io import file_sha256
+from aqqua_geo.downstream.classify import ClassifierBundle
+from aqqua_geo.downstream.finetune import dihedral
+from aqqua_geo.downstream.probes import LinearProbe
+from aqqua_geo.foundation.embed import forward_images
 
 
 def default_student_cfg(teacher_cfg: dict[str, Any], arch: str = "vit_tiny") -> dict[str, Any]:
@@ -126,7 +130,7 @@ def distill(teacher_path: str | Path, store, out_dir: str | Path, *, student_cfg
         sums: dict[str, float] = {}
         for b in range(steps_per_epoch):
             batch = order[b * batch_size : (b + 1) * batch_size]
-            views = [_augment(images[i], rng) for i in batch]
+            views = [dihedral(images[i], rng) for i in batch]
             with torch.no_grad():
                 t_emb = forward_images(teacher, views, px[batch], device)["cls"]
             s_std = proj(forward_images(student, views, px[batch], device)["cls"])

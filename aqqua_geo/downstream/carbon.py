@@ -24,7 +24,7 @@ then on its parents), and the group's relation turns its size traits into carbon
 MDL2000 coefficients are applied in their published log form (log10 a = −0.541, −0.933, −0.665);
 0.288, 0.117 and 0.216 above are rounded. V is the ellipsoidal biovolume (``biovolume_um3``), Vs
 the spherical one (``biovolume_sph_um3``), S the projected area (``area_um2``), all from
-:mod:`aqqua_geo.foundation.traits`. Verification status: [V] coefficients read in published code (iRfcb
+:mod:`aqqua_geo.downstream.traits`. Verification status: [V] coefficients read in published code (iRfcb
 ``vol2C_diatom``/``vol2C_lgdiatom``/``vol2C_nondiatom``; OPC_Toolbox quoting Basedow et al. 2014),
 [P] read in the paper's abstract, [M] literature values quoted from memory or from a script that
 itself asks for checking: confirm against the papers before publishing numbers that rely on them.
@@ -43,7 +43,7 @@ References
 For the mesozooplankton and detritus groups this is the practice of UVP/ZooScan biomass studies
 (e.g. Maas et al. 2021, J. Plankton Res. 43:475; Drago et al. 2022, Front. Mar. Sci. 9:894372:
 taxon-specific conversions of individual biovolume or area). Where measured carbon exists, a
-learned head on embeddings is :class:`aqqua_geo.foundation.traits.TraitRegressor` with
+learned head on embeddings is :class:`aqqua_geo.downstream.traits.TraitRegressor` with
 ``log_target=True``.
 
 Output units: ``carbon_ugC`` in µg C per object (1 µg = 10⁶ pg = 10⁻³ mg).
@@ -236,7 +236,7 @@ def estimate_carbon(
     """Carbon per object: DataFrame[``carbon_ugC`` (µg C), ``carbon_group``, ``carbon_relation``].
 
     *df* holds one row per object with the category in *label_col* and the traits of
-    :func:`aqqua_geo.foundation.traits.measure` (µm², µm³); the result has the same index.
+    :func:`aqqua_geo.downstream.traits.measure` (µm², µm³); the result has the same index.
     ``groups`` replaces the packaged name → group table (CSV path or mapping of names to groups).
     Unmatched categories get group ``unknown`` and, with ``unknown="fallback"`` (default), the
     generic mesozooplankton volume relation ``gallienne2001`` (most unnamed living objects of

@@ -2,7 +2,7 @@
 
 EcoTaxa's historical classifier is a random forest on ZooProcess features (size, shape, grey
 levels). :class:`MorphometricRandomForest` rebuilds it from this package's pieces: the traits of
-:func:`aqqua_geo.foundation.traits.segment_and_measure` (orientation excluded: it carries no class
+:func:`aqqua_geo.downstream.traits.segment_and_measure` (orientation excluded: it carries no class
 information), a 16-bin grey-level histogram and quartiles of the object's pixels, and the seven
 Hu moment invariants of the object mask and of its grey levels (log-scaled). It is the baseline
 that the foundation-model classifiers are compared against on the leaderboard.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aqqua_geo.foundation.traits import TRAIT_KEYS, segment_and_measure, to_grey
+from aqqua_geo.downstream.traits import TRAIT_KEYS, segment_and_measure, to_grey
 
 _N_HIST = 16
 _TRAIT_FEATURES = tuple(k for k in TRAIT_KEYS if k != "orientation_deg")
@@ -77,7 +77,7 @@ class MorphometricRandomForest:
     """Random forest (balanced class weights) on morphometric features of segmented images.
 
     Parameters follow :class:`sklearn.ensemble.RandomForestClassifier`; ``method`` is the
-    segmentation threshold of :func:`aqqua_geo.foundation.traits.segment`. Missing features
+    segmentation threshold of :func:`aqqua_geo.downstream.traits.segment`. Missing features
     (an image without object, an unknown pixel size) are NaN, which scikit-learn's forests split on.
     """
 

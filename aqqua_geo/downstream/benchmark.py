@@ -8,12 +8,12 @@ copies, so labels come from the kept objects):
   (``linear``) on frozen CLS embeddings: top-1 accuracy, balanced accuracy, macro-F1, per-class report (CSV) and a
   row-normalised confusion matrix (PNG);
 - novelty: AUROC with each class held out in turn
-  (:func:`~aqqua_geo.foundation.novelty.leave_one_class_out`) for the k-NN, Mahalanobis and
+  (:func:`~aqqua_geo.downstream.novelty.leave_one_class_out`) for the k-NN, Mahalanobis and
   energy scores (``OUT/ood_<model>.csv``); the leaderboard shows the k-NN score's mean;
 - trait R²: ridge regression of morphometric traits from embeddings, when the store's raw
   metadata carry ZooProcess/EcoTaxa traits (``object_area``, ``object_esd``, …).
 
-The baseline users have today, :class:`~aqqua_geo.foundation.baseline.MorphometricRandomForest`
+The baseline users have today, :class:`~aqqua_geo.downstream.baseline.MorphometricRandomForest`
 (hand-crafted morphometrics + random forest), is always evaluated in the same run, on the same
 split; its novelty score is the maximum-softmax-probability ``1 − max p``.
 
@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aqqua_geo.foundation.classify import KNNClassifier, LinearProbe, file_sha256, labelled_subset
+from aqqua_geo._io import file_sha256
+from aqqua_geo.downstream.classify import labelled_subset
+from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
 
 LEADERBOARD_COLUMNS = ["date_utc", "model", "method", "store", "n_classes", "n_train", "n_test", "top1",
                        "balanced_accuracy", "macro_f1", "ood_auroc", "trait_r2", "seed", "model_sha256"]
@@ -94,7 +96,7 @@ def raw_traits(store, rows: np.ndarray) -> pd.DataFrame | None:
 def _trait_r2(emb: np.ndarray, traits: pd.DataFrame | None, tr: np.ndarray, te: np.ndarray) -> float:
     if traits is None:
         return float("nan")
-    from aqqua_geo.foundation.traits import TraitRegressor
+    from aqqua_geo.downstream.traits import TraitRegressor
 
     reg = TraitRegressor(kind="ridge", log_target=True).fit(emb[tr], traits.iloc[tr])
     return float(np.nanmean(list(reg.score(emb[te], traits.iloc[te]).values())))
@@ -104,8 +106,8 @@ def _baseline_ood(features: pd.DataFrame, y: np.ndarray, test_size: float, seed:
     """Mean leave-one-class-out AUROC of the random forest's ``1 − max p``."""
     from sklearn.model_selection import train_test_split
 
-    from aqqua_geo.foundation.baseline import MorphometricRandomForest
-    from aqqua_geo.foundation.novelty import auroc
+    from aqqua_geo.downstream.baseline import MorphometricRandomForest
+    from aqqua_geo.downstream.novelty import auroc
 
     scores = []
     X = np.asarray(features, dtype=np.float64)
@@ -163,7 +165,7 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
     from tqdm.auto import tqdm
 
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.novelty import leave_one_class_out
+    from aqqua_geo.downstream.novelty import leave_one_class_out
     from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore
 
@@ -201,7 +203,7 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
                             "ood_auroc": knn_auroc, "trait_r2": trait_r2,
                             "model_sha256": file_sha256(model_path)})
     if baseline:
-        from aqqua_geo.foundation.baseline import MorphometricRandomForest
+        from aqqua_geo.downstream.baseline import MorphometricRandomForest
 
         rf = MorphometricRandomForest(n_estimators=baseline_trees, random_state=seed)
         feats = rf.features(images, list(px), progress=progress)

@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aqqua_geo.imaging import background_stats, to_grey
+
 #: Every key returned by :func:`measure`, with its unit ("1" = unitless, "grey" = 8-bit level).
 TRAIT_UNITS: dict[str, str] = {
     "area_px": "px",
@@ -92,42 +94,6 @@ _HYSTERESIS_LOW = 0.5  # low/high ratio of the hysteresis threshold
 _CENTRAL_MIN_RATIO = 0.25  # a central object this solid (vs the largest) is preferred to it
 
 
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """Return a float64 H×W grey image on the 0–255 scale (ITU-R 601 luminance for RGB/RGBA).
-
-    uint8 is taken as is; bool, 16-bit and float images in [0, 1] are rescaled to 0–255 so that
-    thresholds and grey statistics mean the same thing for every input.
-    """
-    img = np.asarray(image)
-    if img.dtype == bool:
-        img = img.astype(np.float64) * 255.0
-    elif img.dtype == np.uint16:
-        img = img.astype(np.float64) * (255.0 / 65535.0)
-    elif img.dtype.kind == "f" and img.size and np.nanmax(img) <= 1.0:
-        img = img.astype(np.float64) * 255.0
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.ndim == 3:
-        img = img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    elif img.ndim != 2:
-        raise ValueError(f"expected an H×W or H×W×C image, got shape {img.shape}")
-    return img.astype(np.float64, copy=False)
-
-
-def border_pixels(grey: np.ndarray) -> np.ndarray:
-    """The one-pixel frame of an image (vignettes are cut around the organism: it is background)."""
-    return np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
-
-
-def background_level(grey: np.ndarray) -> tuple[float, bool, float]:
-    """Background grey level, dark-field flag and border noise (robust σ) from the image border."""
-    border = border_pixels(grey)
-    bg = float(np.median(border))
-    dark_field = (bg - float(grey.min())) < (float(grey.max()) - bg)
-    noise = 1.4826 * float(np.median(np.abs(border - bg)))
-    return bg, bool(dark_field), noise
-
-
 def segment(image: np.ndarray, method: str | float = "otsu", closing_radius: int = 2) -> np.ndarray:
     """Boolean mask of the organism in *image* (main object, holes filled; may be all False).
 
@@ -143,7 +109,7 @@ def _segment(grey: np.ndarray, method: str | float, closing_radius: int = 2) -> 
     empty = np.zeros(grey.shape, bool)
     if min(grey.shape) < 2:
         return empty, empty
-    bg, dark_field, noise = background_level(grey)
+    bg, dark_field, noise = background_stats(grey)
     contrast = np.abs(grey - bg)
     if float(contrast.max()) < _MIN_CONTRAST:
         return empty, empty
@@ -280,7 +246,7 @@ def segment_and_measure(
     from skimage.measure import regionprops
 
     grey = to_grey(image)
-    bg, dark_field, _ = background_level(grey) if min(grey.shape) >= 2 else (float(grey.mean()), False, 0.0)
+    bg, dark_field, _ = background_stats(grey) if min(grey.shape) >= 2 else (float(grey.mean()), False, 0.0)
     if mask is None:
         raw, obj = _segment(grey, method)
     else:

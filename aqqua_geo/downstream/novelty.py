@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from aqqua_geo.foundation.classify import KNNClassifier, LinearProbe, l2_normalize
+from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe, l2_normalize
 
 METHODS = ("knn", "mahalanobis", "energy")
 
