@@ -14,52 +14,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from aqqua_geo.mapping.variables import bundled_cube_attrs, drago_columns
+
 CONVENTIONS = "CF-1.10 ACDD-1.3"
 
-#: Bundled 1° environmental cube: name -> attributes (Drago et al. 2022 WOA-derived predictors).
+#: Bundled 1° environmental cube: name -> attributes (Drago et al. 2022 WOA-derived predictors),
+#: derived from the one variable table :data:`aqqua_geo.mapping.variables.VARIABLES`.
 ENV_VARIABLES: dict[str, dict[str, str]] = {
-    "temperature": {
-        "standard_name": "sea_water_temperature",
-        "long_name": "sea water temperature, 0-200 m layer",
-        "units": "degC",
-    },
-    "salinity": {
-        "standard_name": "sea_water_practical_salinity",
-        "long_name": "practical salinity, 0-200 m layer",
-        "units": "1",
-    },
-    "silicate": {
-        "standard_name": "moles_of_silicate_per_unit_mass_in_sea_water",
-        "long_name": "silicate, 0-200 m layer",
-        "units": "umol kg-1",
-    },
-    "phosphate": {
-        "standard_name": "moles_of_phosphate_per_unit_mass_in_sea_water",
-        "long_name": "phosphate, 0-200 m layer",
-        "units": "umol kg-1",
-    },
-    "nitrate": {
-        "standard_name": "moles_of_nitrate_per_unit_mass_in_sea_water",
-        "long_name": "nitrate, 0-200 m layer",
-        "units": "umol kg-1",
-    },
-    "oxygen": {
-        "standard_name": "moles_of_oxygen_per_unit_mass_in_sea_water",
-        "long_name": "dissolved oxygen, 0-200 m layer",
-        "units": "umol kg-1",
-    },
-    "chla": {
-        "standard_name": "mass_concentration_of_chlorophyll_a_in_sea_water",
-        "long_name": "chlorophyll a concentration",
-        "units": "mg m-3",
-    },
-    "bathymetry": {
-        "standard_name": "sea_floor_depth_below_sea_surface",
-        "long_name": "sea floor depth (cell mean)",
-        "units": "m",
-        "positive": "down",
-    },
-    "dist_coast": {"long_name": "distance to the nearest coast", "units": "km"},
+    name: bundled_cube_attrs(name) for name in drago_columns().values()
 }
 
 #: Mapping products: kind -> attributes. ``{group}`` is filled with the taxon/group name.

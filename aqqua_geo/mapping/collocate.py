@@ -30,13 +30,13 @@ import pandas as pd
 import xarray as xr
 
 from aqqua_geo.mapping.env import monthly_climatology, normalise, resolve_variable
+from aqqua_geo.mapping.sphere import EARTH_RADIUS_KM, KM_PER_DEG
 
 __all__ = ["collocate", "collocation_summary", "FLAGS"]
 
 #: Flags in order of precedence (an observation gets the first that applies).
 FLAGS = ("outside_grid", "time_outside", "depth_outside", "missing", "nearest_valid", "climatology", "ok")
 _METHODS = ("nearest", "linear")
-_KM_PER_DEG = 111.195  # great-circle km per degree on the 6371 km sphere
 
 
 def _spacing(values: np.ndarray) -> float:
@@ -66,13 +66,6 @@ def _obs_depth(obs: pd.DataFrame, depth_col: str) -> np.ndarray | None:
     if {"depth_min", "depth_max"} <= set(obs.columns):
         return ((obs["depth_min"] + obs["depth_max"]) / 2.0).to_numpy(dtype=float)
     return None
-
-
-def _haversine_km(lat1: float, lon1: float, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
-    dl = np.deg2rad(lon2 - lon1)
-    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def collocate(
@@ -250,7 +243,6 @@ def _fill_nearest_valid(
     """
     from sklearn.neighbors import BallTree
 
-    earth_km = 6371.0088
     clim = monthly_climatology(cube) if clim_obs.any() else None
     out = {v: (cols[v].copy(), np.full(len(lat), np.nan)) for v in cube.data_vars}
     idx = np.flatnonzero(need)
@@ -267,7 +259,7 @@ def _fill_nearest_valid(
         if "depth" in src.dims:
             key.append(int(np.abs(src["depth"].values - indexers["depth"][i]).argmin()))
         layer_keys.append(tuple(key))
-    reach_deg = max_km / _KM_PER_DEG
+    reach_deg = max_km / KM_PER_DEG
     for key in dict.fromkeys(layer_keys):
         members = idx[[k == key for k in layer_keys]]
         src = clim if key[0] else cube
@@ -292,7 +284,7 @@ def _fill_nearest_valid(
                 continue
             tree = BallTree(np.deg2rad(np.c_[glat[valid], glon[valid]]), metric="haversine")
             dist, nearest = tree.query(query[todo], k=1)
-            dist_km = dist[:, 0] * earth_km
+            dist_km = dist[:, 0] * EARTH_RADIUS_KM
             ok = dist_km <= max_km
             target = members[todo][ok]
             out[v][0][target] = vals[valid][nearest[ok, 0]]

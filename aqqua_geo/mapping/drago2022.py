@@ -21,6 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from aqqua_geo.mapping import cf
+from aqqua_geo.mapping.variables import drago_columns
 
 LICENSE = "GPL-3.0 (derived from github.com/dlaetitia/Global_zooplankton_biomass_distribution)"
 CITATION = (
@@ -32,18 +33,9 @@ DATA_SUBDIR = "drago2022_uvp5_biomass"
 OBS_FILE = "3.biomass_env_0_200m.Rdata"
 COPEPODA_FILE = "results/0_200/Copepoda_world_0_200m_without_model_full.rds"
 
-#: Drago's predictor column -> this package's cube variable name (attributes in ``cf``).
-PREDICTORS: dict[str, str] = {
-    "mean.temperature": "temperature",
-    "mean.salinity": "salinity",
-    "mean.silicate": "silicate",
-    "mean.phosphate": "phosphate",
-    "mean.nitrate": "nitrate",
-    "mean.oxygen": "oxygen",
-    "mean.chla": "chla",
-    "bathymetry": "bathymetry",
-    "dist": "dist_coast",
-}
+#: Drago's predictor column -> this package's cube variable name (derived from the one
+#: variable table, :data:`aqqua_geo.mapping.variables.VARIABLES`; attributes in ``cf``).
+PREDICTORS: dict[str, str] = drago_columns()
 #: The features their Copepoda model used (``d_train`` columns), in cube names.
 FEATURES: list[str] = list(PREDICTORS.values())
 #: Their count scaling for the Poisson objective (``scale_factor`` in the results file).

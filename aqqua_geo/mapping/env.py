@@ -30,6 +30,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from aqqua_geo.mapping.variables import VARIABLES  # the one variable table
+
+PACKAGE_CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
+
 __all__ = [
     "EnvSourceError",
     "VARIABLES",
@@ -48,87 +52,6 @@ __all__ = [
 class EnvSourceError(RuntimeError):
     """An environmental source could not be opened (offline, no credentials, bad entry)."""
 
-
-#: Canonical variable name -> CF attributes and the source names recognised as that variable.
-#: Names follow the bundled cube (``aqqua_geo.mapping.cf.ENV_VARIABLES``) so that a model
-#: trained on one cube can be applied to any other normalised cube.
-VARIABLES: dict[str, dict[str, Any]] = {
-    "temperature": {
-        "standard_name": "sea_water_temperature",
-        "units": "degC",
-        "aliases": ("sst", "analysed_sst", "thetao", "temp", "temperature", "t_an", "t_mn", "theta",
-                    "to", "tos", "votemper", "surface_temperature", "sea_surface_temperature",
-                    "sea_water_temperature", "sea_water_potential_temperature",
-                    "sea_water_conservative_temperature", "mean.temperature"),
-    },
-    "salinity": {
-        "standard_name": "sea_water_practical_salinity",
-        "units": "1",
-        "aliases": ("so", "sos", "sal", "salt", "psal", "salinity", "s_an", "s_mn", "vosaline",
-                    "sea_water_salinity", "sea_water_practical_salinity", "sea_surface_salinity",
-                    "mean.salinity"),
-    },
-    "mld": {
-        "standard_name": "ocean_mixed_layer_thickness_defined_by_sigma_theta",
-        "units": "m",
-        "aliases": ("mlotst", "mld", "mlp", "somxl010", "mixed_layer_depth",
-                    "ocean_mixed_layer_thickness_defined_by_sigma_theta",
-                    "ocean_mixed_layer_thickness"),
-    },
-    "chla": {
-        "standard_name": "mass_concentration_of_chlorophyll_a_in_sea_water",
-        "units": "mg m-3",
-        "aliases": ("chl", "chla", "CHL", "chlor_a", "chl_a", "chlorophyll", "mean.chla",
-                    "mass_concentration_of_chlorophyll_a_in_sea_water"),
-    },
-    "nitrate": {
-        "standard_name": "mole_concentration_of_nitrate_in_sea_water",
-        "units": "mmol m-3",
-        "aliases": ("no3", "nitrate", "n_an", "n_mn", "mean.nitrate",
-                    "mole_concentration_of_nitrate_in_sea_water",
-                    "moles_of_nitrate_per_unit_mass_in_sea_water"),
-    },
-    "phosphate": {
-        "standard_name": "mole_concentration_of_phosphate_in_sea_water",
-        "units": "mmol m-3",
-        "aliases": ("po4", "phosphate", "p_an", "p_mn", "mean.phosphate",
-                    "mole_concentration_of_phosphate_in_sea_water",
-                    "moles_of_phosphate_per_unit_mass_in_sea_water"),
-    },
-    "silicate": {
-        "standard_name": "mole_concentration_of_silicate_in_sea_water",
-        "units": "mmol m-3",
-        "aliases": ("si", "sio4", "silicate", "i_an", "i_mn", "mean.silicate",
-                    "mole_concentration_of_silicate_in_sea_water",
-                    "moles_of_silicate_per_unit_mass_in_sea_water"),
-    },
-    "oxygen": {
-        "standard_name": "mole_concentration_of_dissolved_molecular_oxygen_in_sea_water",
-        "units": "mmol m-3",
-        "aliases": ("o2", "oxygen", "o_an", "o_mn", "doxy", "mean.oxygen",
-                    "mole_concentration_of_dissolved_molecular_oxygen_in_sea_water",
-                    "moles_of_oxygen_per_unit_mass_in_sea_water"),
-    },
-    "npp": {
-        "standard_name": "net_primary_production_of_biomass_expressed_as_carbon_per_unit_volume_in_sea_water",
-        "units": "mg m-3 d-1",
-        "aliases": ("nppv", "npp", "pp",
-                    "net_primary_production_of_biomass_expressed_as_carbon_per_unit_volume_in_sea_water"),
-    },
-    "zeu": {
-        "long_name": "euphotic depth",
-        "units": "m",
-        "aliases": ("zeu", "zeu_lee", "euphotic_depth"),
-    },
-    "bathymetry": {
-        "standard_name": "sea_floor_depth_below_sea_surface",
-        "units": "m",
-        "aliases": ("bathymetry", "deptho", "sea_floor_depth_below_sea_surface",
-                    "sea_floor_depth_below_geoid"),
-    },
-    "dist_coast": {"long_name": "distance to the nearest coast", "units": "km",
-                   "aliases": ("dist_coast", "dist", "distance_to_coast")},
-}
 
 _ALIAS_TO_NAME: dict[str, str] = {a.lower(): name for name, spec in VARIABLES.items()
                                   for a in (name, *spec["aliases"])}
@@ -374,7 +297,7 @@ def open_env(
     ``source``: an ``xarray.Dataset``; a NetCDF/Zarr path; ``"copernicus:<dataset_id>"``
     (``kwargs`` go to ``copernicusmarine.open_dataset``: subsetting bounds, dates...);
     ``"intake:<catalog>#<entry>"`` where ``<catalog>`` is a YAML path or empty for the package
-    catalog (``catalogs/aqqua.yaml``); ``"bundled"`` for :func:`open_bundled_env`.
+    catalog (``aqqua_geo/mapping/catalog.yaml``); ``"bundled"`` for :func:`open_bundled_env`.
     ``climatology=True`` returns the monthly climatology (``month`` dimension).
     ``chunks`` defaults to the on-disk chunking (``{}``), so reads stay lazy.
     """
@@ -511,9 +434,11 @@ def _copernicus_names(dataset_id: str, variables: Sequence[str]) -> list[str]:
 
 
 def default_catalog_path() -> Path:
-    """The package catalog: ``$AQQUA_CATALOG`` or ``catalogs/aqqua.yaml`` of the source tree."""
+    """The catalog :func:`open_env` reads: ``$AQQUA_CATALOG``, else the package's own
+    ``aqqua_geo/mapping/catalog.yaml`` (the repository's ``catalogs/aqqua.yaml`` is its
+    user-facing copy)."""
     env = os.environ.get("AQQUA_CATALOG")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "catalogs" / "aqqua.yaml"
+    return Path(env) if env else PACKAGE_CATALOG
 
 
 def load_catalog(path: str | Path | None = None) -> Any:

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from aqqua_geo.mapping.sphere import EARTH_RADIUS_M, cell_area
+
 __all__ = [
     "FluxRelation",
     "GUIDI2008",
@@ -33,8 +35,6 @@ __all__ = [
     "DAYS_PER_YEAR",
 ]
 
-#: Mean Earth radius (IUGG, m); the sphere used for cell areas.
-EARTH_RADIUS_M = 6_371_008.8
 DAYS_PER_YEAR = 365.25
 _MG_PER_PG = 1e18
 
@@ -157,44 +157,6 @@ def export_flux(
         rows.append({profile_col: pid, "horizon_kind": kind, "horizon_m": h,
                      flux_col: flux_at_depth(grp[depth_col], grp[flux_col], h)})
     return pd.DataFrame(rows)
-
-
-def _bounds(centres: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    c = np.asarray(centres, dtype=float)
-    if c.size == 1:
-        raise ValueError("cannot infer cell bounds from a single centre; pass the bounds")
-    mid = (c[:-1] + c[1:]) / 2.0
-    return np.clip(np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]]), lo, hi)
-
-
-def cell_area(
-    lat: Any,
-    lon: Any,
-    lat_bounds: Any | None = None,
-    lon_bounds: Any | None = None,
-    radius: float = EARTH_RADIUS_M,
-) -> xr.DataArray:
-    """Area (m2) of each (lat, lon) cell of a regular grid on the sphere.
-
-    Bounds default to mid-points between centres (the outermost ones mirrored and clipped to
-    +-90 deg). ``lat_bounds``/``lon_bounds`` are ``n + 1`` edges or ``(n, 2)`` CF bounds.
-    """
-    lat = np.asarray(lat, dtype=float)
-    lon = np.asarray(lon, dtype=float)
-
-    def _edges(b: Any, centres: np.ndarray, lo: float, hi: float) -> np.ndarray:
-        if b is None:
-            return _bounds(centres, lo, hi)
-        b = np.asarray(b, dtype=float)
-        return np.concatenate([b[:, 0], b[-1:, 1]]) if b.ndim == 2 else b
-
-    lat_e = _edges(lat_bounds, lat, -90.0, 90.0)
-    lon_e = _edges(lon_bounds, lon, -np.inf, np.inf)
-    band = np.abs(np.diff(np.sin(np.deg2rad(lat_e))))
-    dlon = np.abs(np.deg2rad(np.diff(lon_e)))
-    area = radius**2 * np.outer(band, dlon)
-    return xr.DataArray(area, dims=("lat", "lon"), coords={"lat": lat, "lon": lon}, name="cell_area",
-                        attrs={"standard_name": "cell_area", "units": "m2"})
 
 
 def global_total(

@@ -35,10 +35,10 @@ MG_PER_PG = 1e18  # 1 Pg = 1e15 g = 1e18 mg
 def total_pg_c(conc_mg_m3: xr.DataArray, thickness_m: float) -> float:
     """Carbon stock (Pg C) of a layer: Σ cell area × thickness × concentration (mg C m⁻³).
 
-    Areas are spherical (``flux.cell_area``, from ``lat_bnds``/``lon_bnds`` when present);
+    Areas are spherical (``sphere.cell_area``, from ``lat_bnds``/``lon_bnds`` when present);
     NaN cells (land, no prediction) count as zero.
     """
-    from aqqua_geo.mapping.flux import cell_area
+    from aqqua_geo.mapping.sphere import cell_area
 
     if thickness_m <= 0:
         raise ValueError(f"thickness_m must be > 0, got {thickness_m}")
