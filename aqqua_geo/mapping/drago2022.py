@@ -259,7 +259,7 @@ def stratified_split(y: np.ndarray, test_size: float = 0.2, n_bins: int = 10, se
     """80/20 train/test row indices stratified by quantile bins of *y* (their protocol)."""
     from sklearn.model_selection import train_test_split
 
-    from aqqua_geo.mapping.model import quantile_bins
+    from aqqua_geo.mapping.model_selection import quantile_bins
 
     idx = np.arange(len(y))
     tr, te = train_test_split(idx, test_size=test_size, stratify=quantile_bins(y, n_bins),
@@ -302,7 +302,8 @@ def evaluate_taxon(
     (b) spatial-block CV (``block_deg`` blocks, grouped 5-fold) of the same settings on all cells.
     (c) the ensemble refit on all cells, predicted on *cube* (``grid``), total in Pg C (0–200 m).
     """
-    from aqqua_geo.mapping.model import DEFAULT_GRID, BRTEnsemble, regression_scores, spatial_block_cv
+    from aqqua_geo.mapping.model import BRTEnsemble
+    from aqqua_geo.mapping.model_selection import DEFAULT_GRID, regression_scores, spatial_block_cv
     from aqqua_geo.mapping.predict import total_pg_c
 
     d = obs[obs["taxon"] == taxon].reset_index(drop=True)

@@ -6,14 +6,16 @@ leak between folds), then ``n_members`` boosters are refit on bootstrap resample
 their spread is the map uncertainty. Objectives: squared error (optionally on ``log1p(y)``,
 back-transformed with Duan's smearing factor) and Poisson (optionally on ``y × label_scale``,
 as Drago et al. 2022 did). Models save as one xgboost JSON per member plus a JSON manifest.
+
+Folds, buffers, the hyper-parameter search and scores live in
+:mod:`aqqua_geo.mapping.model_selection`; partial-dependence plots in
+:mod:`aqqua_geo.mapping.plotting` (the verde split: estimator / model selection / plots).
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -22,111 +24,26 @@ import pandas as pd
 import xarray as xr
 from sklearn.base import BaseEstimator, RegressorMixin
 
+from aqqua_geo.mapping.model_selection import (
+    DEFAULT_GRID,
+    regression_scores,
+    search_hyperparameters,
+    spatial_block_folds,
+    stratified_folds,
+)
+
 OBJECTIVES = {"squared_error": "reg:squarederror", "poisson": "count:poisson"}
 EVAL_METRIC = {"squared_error": "rmse", "poisson": "poisson-nloglik"}
-TRANSFORMS = ("none", "log1p")
+TRANSFORMS = ("none", "log1p", "log")
 RESAMPLING = ("bootstrap", "kfold", "none")
 COORD_COLUMNS = ("lon", "lat")
 MANIFEST = "manifest.json"
 FORMAT = "aqqua-brt-ensemble"
-DEFAULT_GRID: dict[str, list] = {
-    "eta": [0.05, 0.075, 0.1],
-    "max_depth": [2, 4, 6],
-    "min_child_weight": [1, 3, 5],
-}
 
 
 # --------------------------------------------------------------------------------------------
-# Spatial cross-validation
+# Back-transform
 # --------------------------------------------------------------------------------------------
-def spatial_blocks(lon: np.ndarray, lat: np.ndarray, block_deg: float | tuple[float, float] = 10.0
-                   ) -> np.ndarray:
-    """Integer id of the ``block_deg`` (lon, lat) block each point falls in."""
-    dlon, dlat = (block_deg, block_deg) if np.isscalar(block_deg) else block_deg
-    if dlon <= 0 or dlat <= 0:
-        raise ValueError(f"block_deg must be positive, got {block_deg!r}")
-    lon = np.asarray(lon, dtype="f8")
-    lat = np.asarray(lat, dtype="f8")
-    ix = np.floor((((lon + 180.0) % 360.0)) / dlon).astype(np.int64)
-    iy = np.floor((np.clip(lat, -90, 90) + 90.0) / dlat).astype(np.int64)
-    return iy * 100_000 + ix
-
-
-def spatial_block_folds(
-    lon: np.ndarray,
-    lat: np.ndarray,
-    n_splits: int = 5,
-    block_deg: float | tuple[float, float] = 10.0,
-    buffer_km: float = 0.0,
-    random_state: int = 0,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Grouped K-fold over spatial blocks: a block is wholly in train or in test.
-
-    With ``buffer_km > 0`` training points within that great-circle distance of any test
-    point are dropped from that fold's training set (buffered CV, Ploton et al. 2020).
-    """
-    from sklearn.model_selection import GroupKFold
-
-    groups = spatial_blocks(lon, lat, block_deg)
-    n_groups = np.unique(groups).size
-    if n_groups < n_splits:
-        raise ValueError(f"only {n_groups} spatial blocks of {block_deg}° for n_splits={n_splits}")
-    gkf = GroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
-    idx = np.arange(len(groups))
-    folds = []
-    for train, test in gkf.split(idx, groups=groups):
-        if buffer_km > 0:
-            train = _drop_within(train, test, lon, lat, buffer_km)
-        folds.append((train, test))
-    return folds
-
-
-def _drop_within(train: np.ndarray, test: np.ndarray, lon, lat, buffer_km: float) -> np.ndarray:
-    from sklearn.neighbors import BallTree
-
-    rad = np.radians(np.column_stack([np.asarray(lat, "f8"), np.asarray(lon, "f8")]))
-    tree = BallTree(rad[test], metric="haversine")
-    dist, _ = tree.query(rad[train], k=1)
-    return train[dist[:, 0] * 6371.0088 > buffer_km]
-
-
-def stratified_folds(y: np.ndarray, n_splits: int = 5, n_repeats: int = 1, n_bins: int = 10,
-                     random_state: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Repeated K-fold stratified by quantile bins of *y* (Drago et al.'s non-spatial protocol)."""
-    from sklearn.model_selection import RepeatedStratifiedKFold
-
-    bins = quantile_bins(y, n_bins)
-    rskf = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=random_state)
-    return list(rskf.split(np.zeros(len(bins)), bins))
-
-
-def quantile_bins(y: np.ndarray, n_bins: int = 10) -> np.ndarray:
-    """Quantile bin index (0..n_bins-1) of each value; ties share a bin."""
-    y = np.asarray(y, dtype="f8")
-    edges = np.unique(np.quantile(y, np.linspace(0, 1, n_bins + 1)[1:-1]))
-    return np.searchsorted(edges, y, side="right")
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics and back-transform
-# --------------------------------------------------------------------------------------------
-def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """R² (1 − SSE/SST), RMSE, MAE, Pearson r and Spearman rho."""
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
-
-    y_true = np.asarray(y_true, "f8")
-    y_pred = np.asarray(y_pred, "f8")
-    const = np.ptp(y_pred) == 0 or np.ptp(y_true) == 0
-    return {
-        "r2": float(r2_score(y_true, y_pred)),
-        "rmse": float(root_mean_squared_error(y_true, y_pred)),
-        "mae": float(mean_absolute_error(y_true, y_pred)),
-        "pearson_r": float("nan") if const else float(pearsonr(y_true, y_pred)[0]),
-        "spearman_rho": float("nan") if const else float(spearmanr(y_true, y_pred)[0]),
-    }
-
-
 def smearing_factor(residuals_log: np.ndarray) -> float:
     """Duan's (1983) smearing estimate ``mean(exp(e))`` for a model fitted on the log scale."""
     r = np.asarray(residuals_log, dtype="f8")
@@ -140,84 +57,9 @@ def back_transform_log1p(pred_log: np.ndarray, smearing: float) -> np.ndarray:
     return np.maximum(np.exp(np.asarray(pred_log, "f8")) * smearing - 1.0, 0.0)
 
 
-# --------------------------------------------------------------------------------------------
-# Hyper-parameter search
-# --------------------------------------------------------------------------------------------
-@dataclass
-class SearchResult:
-    """Outcome of :func:`search_hyperparameters`."""
-
-    table: pd.DataFrame  # one row per combination: params, n_rounds, cv_mean, cv_std
-    best_params: dict[str, Any]
-    n_rounds: int
-    metric: str
-    rule: str = "min"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _param_combos(grid: dict[str, Sequence], n_iter: int | None, seed: int) -> list[dict]:
-    keys = list(grid)
-    combos = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
-    if n_iter is not None and n_iter < len(combos):
-        rng = np.random.default_rng(seed)
-        combos = [combos[i] for i in sorted(rng.choice(len(combos), n_iter, replace=False))]
-    return combos
-
-
-def search_hyperparameters(
-    dtrain: Any,
-    folds: list[tuple[np.ndarray, np.ndarray]],
-    base_params: dict[str, Any],
-    grid: dict[str, Sequence] | None = None,
-    *,
-    n_estimators: int = 600,
-    early_stopping_rounds: int = 10,
-    n_iter: int | None = None,
-    rule: str = "min",
-    seed: int = 0,
-    progress: bool = False,
-) -> SearchResult:
-    """Grid (or random, ``n_iter``) search with ``xgboost.cv`` on the given folds.
-
-    Every combination runs with early stopping; ``n_estimators`` in *grid* caps the rounds.
-    ``rule="1se"`` picks the shallowest, then fewest-rounds combination whose CV error is within
-    one standard error of the best (Drago et al.'s parsimony rule); ``"min"`` the best.
-    """
-    import xgboost as xgb
-
-    if rule not in ("min", "1se"):
-        raise ValueError(f"rule must be 'min' or '1se', got {rule!r}")
-    grid = dict(DEFAULT_GRID if grid is None else grid)
-    metric = base_params.get("eval_metric", "rmse")
-    rows = []
-    combos = _param_combos(grid, n_iter, seed)
-    iterator: Iterable = combos
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(combos, desc="hyper-parameter search", unit="combo")
-    for combo in iterator:
-        cap = int(combo.get("n_estimators", n_estimators))
-        params = {**base_params, **{k: v for k, v in combo.items() if k != "n_estimators"}}
-        hist = xgb.cv(params, dtrain, num_boost_round=cap, folds=folds,
-                      early_stopping_rounds=early_stopping_rounds, seed=seed, verbose_eval=False)
-        best = int(np.argmin(hist[f"test-{metric}-mean"].to_numpy()))
-        rows.append({**combo, "n_rounds": best + 1,
-                     "cv_mean": float(hist[f"test-{metric}-mean"].iloc[best]),
-                     "cv_std": float(hist[f"test-{metric}-std"].iloc[best])})
-    table = pd.DataFrame(rows)
-    i_best = int(table["cv_mean"].idxmin())
-    if rule == "1se":
-        se = table.loc[i_best, "cv_std"] / np.sqrt(len(folds))
-        ok = table[table["cv_mean"] <= table.loc[i_best, "cv_mean"] + se]
-        sort_by = [c for c in ("max_depth", "n_rounds") if c in ok.columns]
-        i_best = int(ok.sort_values(sort_by, kind="stable").index[0])
-    best = {k: _py(table.loc[i_best, k]) for k in grid if k != "n_estimators"}
-    return SearchResult(table, best, int(table.loc[i_best, "n_rounds"]), metric, rule)
-
-
-def _py(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+def back_transform_log(pred_log: np.ndarray, smearing: float) -> np.ndarray:
+    """E[y] for ``log(y) = f + e``: ``exp(f)·mean(exp(e))`` (Duan 1983)."""
+    return np.exp(np.asarray(pred_log, "f8")) * smearing
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +71,8 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
     Parameters
     ----------
     objective : ``"squared_error"`` or ``"poisson"``.
-    transform : ``"none"`` or ``"log1p"`` (squared error only; smearing back-transform).
+    transform : ``"none"``, ``"log1p"`` or ``"log"`` (squared error only; Duan smearing
+        back-transform; ``"log"`` for strictly positive targets such as fluxes).
     label_scale : multiply *y* before fitting (Poisson on pseudo-counts, e.g. 1000 as in
         Drago et al. 2022); predictions are divided back.
     params : xgboost parameters (``eta``, ``max_depth``, ``min_child_weight``, ``subsample`` …).
@@ -296,8 +139,8 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
             raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
-        if self.transform == "log1p" and self.objective != "squared_error":
-            raise ValueError("transform='log1p' only applies to objective='squared_error'")
+        if self.transform in ("log1p", "log") and self.objective != "squared_error":
+            raise ValueError(f"transform={self.transform!r} only applies to objective='squared_error'")
         if self.cv not in ("spatial", "stratified"):
             raise ValueError(f"cv must be 'spatial' or 'stratified', got {self.cv!r}")
         if self.resampling not in RESAMPLING:
@@ -339,6 +182,10 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
             if (y <= -1).any():
                 raise ValueError("transform='log1p' needs y > -1")
             return np.log1p(y)
+        if self.transform == "log":
+            if (y <= 0).any():
+                raise ValueError("transform='log' needs y > 0")
+            return np.log(y)
         return y * self.label_scale
 
     def _folds(self, X: pd.DataFrame, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -417,7 +264,7 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
         return [None] * self.n_members
 
     def _smearing(self, booster, Xm, yt, rows) -> float:
-        if self.transform != "log1p":
+        if self.transform not in ("log1p", "log"):
             return 1.0
         sel = slice(None) if rows is None else rows
         fitted = booster.inplace_predict(Xm[sel])
@@ -471,7 +318,7 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
             booster = reg.get_booster()
             booster.feature_names = self.features_
             self.boosters_.append(booster)
-            self.smearing_.append(1.0 if self.transform != "log1p" else
+            self.smearing_.append(1.0 if self.transform not in ("log1p", "log") else
                                   self._dask_smearing(booster, part))
         self.cv_scores_ = {}
         self.training_summary_ = {"n_samples": int(len(X)), "features": self.features_, "dask": True}
@@ -492,6 +339,8 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
     def _decode(self, raw: np.ndarray, smearing: float) -> np.ndarray:
         if self.transform == "log1p":
             return back_transform_log1p(raw, smearing)
+        if self.transform == "log":
+            return back_transform_log(raw, smearing)
         return np.asarray(raw, dtype="f8") / self.label_scale
 
     def _check_fitted(self) -> None:
@@ -523,22 +372,17 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
     def grid(self, cube: xr.Dataset, name: str | None = None) -> xr.Dataset:
         """Predict on every cell of *cube* (in memory): ``<name>_mean``, ``<name>_std``.
 
-        For large cubes use :func:`aqqua_geo.mapping.predict.predict_to_zarr` (lazy, chunked).
+        The same path as :func:`aqqua_geo.mapping.predict.predict_lazy` (which large cubes should
+        use with :func:`~aqqua_geo.mapping.predict.predict_to_zarr`), computed at once.
         """
+        from aqqua_geo.mapping.predict import Product, predict_lazy
+
         self._check_fitted()
-        missing = [f for f in self.features_ if f not in cube.data_vars]
-        if missing:
-            raise KeyError(f"cube lacks feature variable(s) {missing}")
-        fields = xr.broadcast(*(cube[f] for f in self.features_))
-        shape, dims = fields[0].shape, fields[0].dims
-        Xm = np.column_stack([np.asarray(f.values, "f4").ravel() for f in fields])
-        ens = self.predict_matrix(Xm)
-        prefix = f"{name}_" if name else ""
-        coords = {d: cube[d] for d in dims if d in cube.coords}
-        return xr.Dataset(
-            {f"{prefix}mean": (dims, ens.mean(axis=0).reshape(shape)),
-             f"{prefix}std": (dims, ens.std(axis=0, ddof=1 if len(ens) > 1 else 0).reshape(shape))},
-            coords=coords)
+        lazy = predict_lazy({name or "prediction": Product(self, "generic", name or "prediction")}, cube)
+        out = lazy.compute()
+        if name is None:
+            out = out.rename({"prediction_mean": "mean", "prediction_std": "std"})
+        return out
 
     # ---- interpretation --------------------------------------------------------------------
     def feature_importance(self, kind: str = "gain") -> pd.Series:
@@ -569,34 +413,6 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
         r = partial_dependence(self, X[self.features_].astype("f8"), [feature], grid_resolution=grid_resolution,
                                kind="average", method="brute")
         return pd.DataFrame({feature: r["grid_values"][0], "partial_dependence": r["average"][0]})
-
-    def plot_partial_dependence(self, X: pd.DataFrame, path: str | Path,
-                                features: Sequence[str] | None = None, units: str = "") -> Path:
-        """PNG of partial-dependence curves (one panel per feature, most important first)."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        feats = list(features or self.feature_importance().index)
-        ncol = min(3, len(feats))
-        nrow = int(np.ceil(len(feats) / ncol))
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
-        for ax, f in zip(axes.ravel(), feats):
-            pd_ = self.partial_dependence(X, f)
-            ax.plot(pd_[f], pd_["partial_dependence"], color="C0")
-            deciles = X[f].quantile(np.linspace(0.1, 0.9, 9)).to_numpy()  # rug: data support
-            ax.plot(deciles, np.full(9, ax.get_ylim()[0]), "|k", markersize=8)
-            ax.set_xlabel(f)
-            ax.set_ylabel(f"partial dependence{f' [{units}]' if units else ''}")
-        for ax in axes.ravel()[len(feats):]:
-            ax.set_visible(False)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
 
     # ---- persistence -----------------------------------------------------------------------
     def config_hash(self) -> str:
@@ -665,27 +481,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
-
-
-def spatial_block_cv(model: BRTEnsemble, X: pd.DataFrame, y, *, n_splits: int = 5,
-                     block_deg: float = 10.0, buffer_km: float = 0.0, random_state: int = 0
-                     ) -> dict[str, Any]:
-    """Honest spatial-block CV of a whole modelling pipeline: for each fold, clone *model*, fit it
-    (including its own inner tuning) on the training blocks, predict the held-out blocks.
-
-    Returns pooled out-of-fold scores, per-fold R² and the out-of-fold predictions.
-    """
-    from sklearn.base import clone
-
-    y = np.asarray(y, "f8")
-    folds = spatial_block_folds(X["lon"].to_numpy(), X["lat"].to_numpy(), n_splits, block_deg,
-                                buffer_km, random_state)
-    oof = np.full(len(y), np.nan)
-    per_fold = []
-    for tr, te in folds:
-        m = clone(model).fit(X.iloc[tr], y[tr])
-        oof[te] = m.predict(X.iloc[te])
-        per_fold.append(regression_scores(y[te], oof[te])["r2"])
-    ok = np.isfinite(oof)
-    return {**regression_scores(y[ok], oof[ok]), "r2_per_fold": per_fold, "oof": oof,
-            "n_splits": n_splits, "block_deg": block_deg, "buffer_km": buffer_km}

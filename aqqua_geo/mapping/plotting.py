@@ -10,9 +10,13 @@ The package ships 110m land/coastline shapefiles in cartopy's folder layout
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import xarray as xr
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PROJECTIONS = ("Robinson", "PlateCarree")
 
@@ -147,3 +151,33 @@ def plot_products(ds: xr.Dataset, out_dir: str | Path, *, projection: str = "Rob
         out.append(plot_map(da, Path(out_dir) / f"{name}.png", projection=projection,
                             cmap=cmap, log=log, title=title))
     return out
+
+
+def plot_partial_dependence(model: Any, X: "pd.DataFrame", path: str | Path,
+                            features: Sequence[str] | None = None, units: str = "") -> Path:
+    """PNG of partial-dependence curves of a fitted ``BRTEnsemble`` (one panel per feature,
+    most important first), with a decile rug showing where the data support the curve."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    feats = list(features or model.feature_importance().index)
+    ncol = min(3, len(feats))
+    nrow = int(np.ceil(len(feats) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
+    for ax, f in zip(axes.ravel(), feats):
+        pd_ = model.partial_dependence(X, f)
+        ax.plot(pd_[f], pd_["partial_dependence"], color="C0")
+        deciles = X[f].quantile(np.linspace(0.1, 0.9, 9)).to_numpy()  # rug: data support
+        ax.plot(deciles, np.full(9, ax.get_ylim()[0]), "|k", markersize=8)
+        ax.set_xlabel(f)
+        ax.set_ylabel(f"partial dependence{f' [{units}]' if units else ''}")
+    for ax in axes.ravel()[len(feats):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

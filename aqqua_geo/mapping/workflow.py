@@ -129,6 +129,7 @@ def _training_frame(cfg: dict[str, Any], product: dict[str, Any], cube: xr.Datas
 def fit_from_config(cfg: dict[str, Any], progress: bool = True) -> dict[str, Path]:
     """Fit one ``BRTEnsemble`` per product; save models and diagnostics."""
     from aqqua_geo.mapping.model import BRTEnsemble
+    from aqqua_geo.mapping.plotting import plot_partial_dependence
 
     out = Path(cfg["out"])
     cube = load_cube(cfg.get("env"))
@@ -145,8 +146,7 @@ def fit_from_config(cfg: dict[str, Any], progress: bool = True) -> dict[str, Pat
                          model.permutation_importance(X, y, n_repeats=3)["mean"]
                          .rename("permutation_r2_drop")], axis=1)
         imp.to_csv(diag / f"{name}_importance.csv")
-        model.plot_partial_dependence(X, diag / f"{name}_pdp.png",
-                                      units=product.get("units", ""))
+        plot_partial_dependence(model, X, diag / f"{name}_pdp.png", units=product.get("units", ""))
         (diag / f"{name}_cv.json").write_text(json.dumps(
             {"cv": model.cv_scores_, "n_rounds": model.n_rounds_,
              "best_params": model.search_.best_params,

@@ -10,16 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aqqua_geo.mapping.model import (
-    BRTEnsemble,
-    back_transform_log1p,
+from aqqua_geo.mapping.model import BRTEnsemble, back_transform_log, back_transform_log1p, smearing_factor
+from aqqua_geo.mapping.model_selection import (
     quantile_bins,
     regression_scores,
-    smearing_factor,
     spatial_block_cv,
     spatial_block_folds,
     spatial_blocks,
 )
+from aqqua_geo.mapping.plotting import plot_partial_dependence
 
 
 def _toy(n: int = 400, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -183,7 +182,7 @@ def test_permutation_importance_and_pdp(tmp_path):
     pd_x1 = model.partial_dependence(X, "x1", grid_resolution=10)
     assert pd_x1["partial_dependence"].is_monotonic_increasing or \
         np.corrcoef(pd_x1["x1"], pd_x1["partial_dependence"])[0, 1] > 0.9
-    png = model.plot_partial_dependence(X, tmp_path / "pdp.png")
+    png = plot_partial_dependence(model, X, tmp_path / "pdp.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -229,3 +228,18 @@ def test_dask_path_with_in_process_client():
                             nthread=1, transform="log1p").fit_dask(Xd, yd, client=client)
     assert len(model.boosters_) == 2 and model.features_ == ["x1", "x2"]
     assert model.score(X, y) > 0.8 and all(s > 1.0 for s in model.smearing_)
+
+
+def test_log_transform_smearing_recovers_the_mean_of_a_lognormal_target():
+    """transform='log' (fluxes: y > 0): exp(f) * mean(exp(e)) is unbiased where exp(f) is not."""
+    rng = np.random.default_rng(3)
+    n = 600
+    X = pd.DataFrame({"lon": rng.uniform(-180, 180, n), "lat": rng.uniform(-60, 60, n),
+                      "x1": rng.uniform(0, 1, n)})
+    y = np.exp(1.0 + 2.0 * X["x1"].to_numpy() + rng.normal(0, 0.8, n))
+    model = BRTEnsemble(**{**FAST, "transform": "log"}).fit(X, y)
+    assert 1.2 < np.mean(model.smearing_) < 1.6  # exp(0.8**2 / 2) = 1.38
+    assert abs(model.predict(X).mean() / y.mean() - 1) < 0.15
+    np.testing.assert_allclose(back_transform_log(np.log([2.0, 4.0]), 1.5), [3.0, 6.0])
+    with pytest.raises(ValueError, match="y > 0"):
+        BRTEnsemble(**{**FAST, "transform": "log"}).fit(X, np.zeros(n))

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from aqqua_geo.mapping import drago2022 as dr
-from aqqua_geo.mapping.model import BRTEnsemble, regression_scores
+from aqqua_geo.mapping.model import BRTEnsemble
+from aqqua_geo.mapping.model_selection import regression_scores
 
 VOLUME_M3 = 2.0  # imaged volume per cell sample: counts ~ Poisson(lambda * V)
 
