@@ -230,6 +230,9 @@ def aggregate(
     esd_col: str = "esd_um",
     nbss_edges_mm3: Sequence[float] = DEFAULT_NBSS_EDGES_MM3,
     size_fractions_um: Sequence[float] = DEFAULT_SIZE_FRACTIONS_UM,
+    novel_col: str | None = "is_novel",
+    taxonomy: Any = None,
+    diversity_nonliving: bool = False,
 ) -> pd.DataFrame:
     """One row per sample and depth bin.
 
@@ -247,7 +250,23 @@ def aggregate(
     store path. ``diversity=True`` appends the :func:`aqqua_geo.mapping.diversity.diversity_table`
     indices of the per-group counts (``richness, shannon, simpson, gini_simpson,
     inverse_simpson, pielou, chao1, hill_q0/1/2`` and ``rarefied_richness_<n>`` with
-    ``rarefy_to``); restrict ``groups`` to taxa to keep artefacts/detritus out of them.
+    ``rarefy_to``).
+
+    **Novel objects.** Objects whose ``novel_col`` (default ``is_novel`` of
+    ``predictions.parquet``) is true were flagged as unlike any training class: their predicted
+    class is not trusted. They are counted apart (``n_novel, rel_novel, conc_novel_m3,
+    biovolume_novel_mm3_m3, carbon_novel_mgC_m3``), left out of every per-group column and of
+    diversity, and still counted in the totals (``n_objects``, ``conc_total_m3``, total
+    biovolume and carbon, size spectra), which describe all imaged particles.
+
+    **Living taxa only.** Each group is looked up in the living/non-living table
+    (:mod:`aqqua_geo.downstream.taxonomy`, bundled ``taxonomy.csv`` or *taxonomy*). Non-living
+    categories (detritus, fiber, bubble, badfocus, ...) keep their per-group columns (detritus
+    is needed for particle/POC work) but are no taxa: they are summed in ``n_nonliving,
+    conc_nonliving_m3`` and left out of diversity; ``n_living, conc_living_m3`` sum the living
+    taxa (novel objects excluded). ``out.attrs["living_groups"]`` and
+    ``out.attrs["nonliving_groups"]`` list them. ``diversity_nonliving=True`` computes the
+    indices over every group instead (only to compare with the old behaviour).
     """
     df = _assign_bins(_join(predictions, _metadata_frame(metadata)), depth_bins, volumes)
     if group_col not in df.columns:
@@ -282,13 +301,22 @@ def aggregate(
     v_m3 = np.where(out["volume_flag"] == "ok", out["sampled_volume_l"] / 1000.0, np.nan)
 
     labels = df[group_col].astype("string").fillna("unlabelled")
-    all_groups = sorted(labels.unique()) if groups is None else list(groups)
+    if novel_col is not None and novel_col in df.columns:
+        novel = df[novel_col].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    else:
+        novel = np.zeros(len(df), dtype=bool)
+    known = pd.Series(~novel, index=df.index)
+    all_groups = sorted(labels[known].unique()) if groups is None else list(groups)
+    from aqqua_geo.downstream.taxonomy import living_mask
+
+    living = dict(zip(all_groups, living_mask(all_groups, taxonomy=taxonomy)))
+    living["unlabelled"] = False
     idx = pd.MultiIndex.from_frame(out[keys])
     has_bv = biovolume_col in df.columns
     has_c = carbon_col in df.columns
     per = {}
     for grp in all_groups:
-        m = labels == grp
+        m = (labels == grp) & known
         sub = df.loc[m].groupby(keys, dropna=False)
         n = sub.size().reindex(idx, fill_value=0).to_numpy(dtype=float)
         name = _safe(grp)
@@ -301,7 +329,27 @@ def aggregate(
         if has_c:
             cs = sub[carbon_col].sum(min_count=1).reindex(idx).fillna(0).to_numpy(dtype=float)
             per[f"carbon_{name}_mgC_m3"] = cs * _UGC_TO_MGC / v_m3
-    out = pd.concat([out, pd.DataFrame(per, index=out.index)], axis=1)
+    sums = {}
+    for part, mask in (("novel", pd.Series(novel, index=df.index)),
+                       ("living", known & labels.map(lambda g: living.get(g, True)).astype(bool)),
+                       ("nonliving", known & ~labels.map(lambda g: living.get(g, True)).astype(bool))):
+        sub = df.loc[mask].groupby(keys, dropna=False)
+        n = sub.size().reindex(idx, fill_value=0).to_numpy(dtype=float)
+        sums[f"n_{part}"] = n.astype(int)
+        if part == "novel":
+            tot = out["n_objects"].to_numpy(dtype=float)
+            sums["rel_novel"] = np.where(tot > 0, n / np.where(tot > 0, tot, 1.0), np.nan)
+        sums[f"conc_{part}_m3"] = n / v_m3
+        if part == "novel" and has_bv:
+            bvs = sub[biovolume_col].sum(min_count=1).reindex(idx).fillna(0).to_numpy(dtype=float)
+            sums["biovolume_novel_mm3_m3"] = bvs * _UM3_TO_MM3 / v_m3
+        if part == "novel" and has_c:
+            cs = sub[carbon_col].sum(min_count=1).reindex(idx).fillna(0).to_numpy(dtype=float)
+            sums["carbon_novel_mgC_m3"] = cs * _UGC_TO_MGC / v_m3
+    clash = sorted(set(per) & set(sums))
+    if clash:
+        raise ValueError(f"group name(s) collide with the novel/living summary columns: {clash}")
+    out = pd.concat([out, pd.DataFrame(per, index=out.index), pd.DataFrame(sums, index=out.index)], axis=1)
     out["conc_total_m3"] = out["n_objects"] / v_m3
     if has_bv:
         tot = g[biovolume_col].sum().reindex(idx).fillna(0).to_numpy(dtype=float)
@@ -337,10 +385,13 @@ def aggregate(
     if diversity:
         from aqqua_geo.mapping.diversity import diversity_table
 
-        counts = out[[f"n_{_safe(gname)}" for gname in all_groups]].to_numpy(dtype=float)
+        taxa = [gname for gname in all_groups if diversity_nonliving or living.get(gname, True)]
+        counts = out[[f"n_{_safe(gname)}" for gname in taxa]].to_numpy(dtype=float).reshape(len(out), len(taxa))
         div = diversity_table(counts, rarefy_to=rarefy_to, index=out.index).drop(columns="n_individuals")
         out = pd.concat([out, div], axis=1)
     out = out.rename(columns={"bin_min": "depth_min", "bin_max": "depth_max"})
+    out.attrs["living_groups"] = [g for g in all_groups if living.get(g, True)]
+    out.attrs["nonliving_groups"] = [g for g in all_groups if not living.get(g, True)]
     return out
 
 
