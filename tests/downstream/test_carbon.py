@@ -57,7 +57,8 @@ def test_estimate_carbon_per_group_in_ugC():
         sph_um3=1e9,  # 1 mm³
     )
     out = estimate_carbon(df)
-    assert list(out.columns) == ["carbon_ugC", "carbon_group", "carbon_relation"]
+    assert list(out.columns) == ["carbon_ugC", "carbon_lo_ugC", "carbon_hi_ugC", "carbon_group",
+                                 "carbon_relation", "carbon_flag"]
     assert out.index.equals(df.index)
     expected = {
         "Copepoda": ("copepod", "lhl2009_copepod", 0.4 * 45.25 * 1.5**1.59),
@@ -70,7 +71,7 @@ def test_estimate_carbon_per_group_in_ugC():
         "detritus": ("detritus", "alldredge1998", 0.99),  # spherical volume 1 mm³
         "Salpida": ("gelatinous", "gelatinous_0.005mgC_mm3", 10.0),  # 0.005 mg/mm³ × 2 mm³
         "Appendicularia": ("metazoan", "gallienne2001", 95.0),
-        "t001": ("unknown", "gallienne2001", 95.0),  # documented fallback
+        "t001": ("unknown", "gallienne2001", 95.0),  # size rule: ESD of 2 mm³ ≈ 1.56 mm → metazoan
     }
     for (_, row), label in zip(out.iterrows(), df["pred_label"]):
         if label == "bubble":
@@ -152,7 +153,7 @@ def test_bad_input_messages():
         estimate_carbon(pd.DataFrame({"pred_label": ["x"], "area_um2": [1.0]}))
     with pytest.raises(ValueError, match=r"unknown carbon group\(s\) \['fish'\]"):
         estimate_carbon(_table(["x"]), groups={"x": "fish"})
-    with pytest.raises(ValueError, match="unknown must be 'fallback' or 'nan'"):
+    with pytest.raises(ValueError, match="unknown must be one of"):
         estimate_carbon(_table(["x"]), unknown="zero")
 
 
@@ -176,3 +177,126 @@ def test_carbon_increases_with_size(label, size, factor):
     c_small = estimate_carbon(small)["carbon_ugC"].iloc[0]
     c_large = estimate_carbon(large)["carbon_ugC"].iloc[0]
     assert 0 < c_small < c_large
+
+
+# --- one test per relation, against the paper's own coefficients -------------------------------
+# x is the relation's input in the paper's unit; expected is µg C written out from the paper's
+# coefficients (pg → µg: 1e-6; LHL2009 dry weight × 0.4; mg → µg: 1e3).
+PAPER_VALUES = {
+    "mdl2000_diatom": (1000.0, 10 ** (-0.541 + 0.811 * math.log10(1000.0)) * 1e-6),
+    "mdl2000_diatom_large": (5.0e4, 10 ** (-0.933 + 0.881 * math.log10(5.0e4)) * 1e-6),
+    "mdl2000_dinoflagellate": (2.0e4, 0.760 * 2.0e4**0.819 * 1e-6),
+    "mdl2000_protist": (5000.0, 643.1804e-6),  # iRfcb vol2C_nondiatom(5000) = 643.1804 pg
+    "mdl2000_protist_rhizaria": (1.0e6, 10 ** (-0.665 + 0.939 * 6.0) * 1e-6),
+    "lhl2009_copepod": (0.8, 0.4 * 45.25 * 0.8**1.59),
+    "lhl2009_chaetognath": (2.5, 0.4 * 23.45 * 2.5**1.19),
+    "lhl2009_general": (1.2, 0.4 * 43.38 * 1.2**1.54),
+    "gelatinous_0.005mgC_mm3": (40.0, 0.005 * 40.0 * 1e3),
+    "gallienne2001": (3.0, 0.0475 * 3.0 * 1e3),
+    "alldredge1998": (0.5, 0.99 * 0.5**0.52),
+}
+
+
+def test_every_relation_has_a_paper_value():
+    from aqqua_geo.downstream.carbon import RELATIONS
+
+    assert set(PAPER_VALUES) == set(RELATIONS)
+
+
+@pytest.mark.parametrize("rid", sorted(PAPER_VALUES))
+def test_relation_against_paper_coefficients(rid):
+    from aqqua_geo.downstream.carbon import RELATIONS
+
+    x, expected = PAPER_VALUES[rid]
+    assert RELATIONS[rid].carbon_ugC(x) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("rid", sorted(PAPER_VALUES))
+def test_relation_through_estimate_carbon(rid):
+    """The same value through estimate_carbon, from traits in µm units."""
+    from aqqua_geo.downstream.carbon import RELATIONS
+
+    r = RELATIONS[rid]
+    x, expected = PAPER_VALUES[rid]
+    label = {"diatom": "Thalassiosira", "dinoflagellate": "Ceratium", "protist": "ciliate", "rhizaria": "Acantharea",
+             "copepod": "Copepoda", "chaetognath": "Chaetognatha", "crustacean": "Euphausiacea",
+             "gelatinous": "Salpida", "metazoan": "Appendicularia", "detritus": "detritus"}[r.group]
+    vol = {"volume_um3": x, "volume_mm3": x * 1e9}.get(r.x_name, 1e6)
+    df = pd.DataFrame({"pred_label": [label], "biovolume_um3": [vol],
+                       "biovolume_sph_um3": [x * 1e9 if r.x_name == "sph_volume_mm3" else vol],
+                       "area_um2": [x * 1e6 if r.x_name == "area_mm2" else 1.0],
+                       "esd_um": [1000.0]})
+    out = estimate_carbon(df).iloc[0]
+    assert out.carbon_relation == rid
+    assert out.carbon_ugC == pytest.approx(expected, rel=1e-4)
+    # 95 % interval from the relation's scatter, symmetric in log10
+    half = 10 ** (1.96 * r.log10_sd)
+    assert out.carbon_lo_ugC == pytest.approx(expected / half, rel=1e-4)
+    assert out.carbon_hi_ugC == pytest.approx(expected * half, rel=1e-4)
+
+
+def test_relation_table_lists_reference_units_and_range():
+    from aqqua_geo.downstream.carbon import relation_table
+
+    t = relation_table().set_index("relation")
+    assert t.loc["mdl2000_dinoflagellate", "x_min"] == 180.0 and t.loc["mdl2000_dinoflagellate", "x_max"] == 2.8e5
+    assert "Menden-Deuer" in t.loc["mdl2000_protist", "reference"]
+    assert "Lehette" in t.loc["lhl2009_copepod", "reference"]
+    assert "Alldredge" in t.loc["alldredge1998", "reference"]
+    assert (t["log10_sd"] > 0).all() and t["status"].isin(["[V]", "[P]", "[M]"]).all()
+
+
+def test_unlabelled_ifcb_sized_cells_get_the_protist_relation():
+    """An unknown 20 µm cell is a protist, a 2 mm unknown object mesozooplankton (no metazoan fallback)."""
+    df = pd.DataFrame({"pred_label": [None, "t001"], "biovolume_um3": [4000.0, 4e9], "area_um2": [300.0, 3e6],
+                       "esd_um": [19.7, 1970.0]})
+    out = estimate_carbon(df)
+    assert list(out["carbon_relation"]) == ["mdl2000_protist", "gallienne2001"]
+    assert out["carbon_ugC"].iloc[0] == pytest.approx(10 ** (-0.665 + 0.939 * math.log10(4000.0)) * 1e-6)
+    assert (out["carbon_flag"] == "unknown_class").all()
+    assert estimate_carbon(df, unknown="metazoan")["carbon_relation"].tolist() == ["gallienne2001"] * 2
+
+
+def test_novel_objects_get_the_class_free_relation_or_nan():
+    df = pd.DataFrame({"pred_label": ["Copepoda", "Copepoda"], "biovolume_um3": [2e9, 2e9],
+                       "area_um2": [1.5e6, 1.5e6], "esd_um": [1500.0, 1500.0], "is_novel": [True, False]})
+    out = estimate_carbon(df)
+    assert list(out["carbon_group"]) == ["unknown", "copepod"]
+    assert list(out["carbon_relation"]) == ["gallienne2001", "lhl2009_copepod"]
+    assert list(out["carbon_flag"]) == ["novel", ""]
+    nan = estimate_carbon(df, novel="nan")
+    assert math.isnan(nan["carbon_ugC"].iloc[0]) and nan["carbon_ugC"].iloc[1] > 0
+
+
+def test_colonies_are_not_one_cell_and_chains_are_flagged():
+    df = pd.DataFrame({"pred_label": ["Trichodesmium", "Trichodesmium", "Chaetoceros", "Chaetoceros"],
+                       "biovolume_um3": [1e9, 1e9, 6000.0, 6000.0], "area_um2": [1e6, 1e6, 800.0, 800.0],
+                       "esd_um": [1200.0, 1200.0, 30.0, 30.0], "n_cells": [np.nan, 2000.0, np.nan, 3.0]})
+    out = estimate_carbon(df)
+    assert math.isnan(out["carbon_ugC"].iloc[0]) and out["carbon_flag"].iloc[0] == "colony"
+    # per cell: 2000 cells of 5e5 µm³ each
+    assert out["carbon_ugC"].iloc[1] == pytest.approx(2000 * 10 ** (-0.665 + 0.939 * math.log10(5e5)) * 1e-6)
+    assert out["carbon_flag"].iloc[1] == "per_cell"
+    assert out["carbon_flag"].iloc[2] == "chain_as_one_cell"
+    assert out["carbon_ugC"].iloc[2] == pytest.approx(10 ** (-0.933 + 0.881 * math.log10(6000.0)) * 1e-6)
+    # 3 cells of 2000 µm³: small-diatom relation per cell, more carbon than the chain as one cell
+    assert out["carbon_ugC"].iloc[3] == pytest.approx(3 * 10 ** (-0.541 + 0.811 * math.log10(2000.0)) * 1e-6)
+    assert out["carbon_ugC"].iloc[3] > out["carbon_ugC"].iloc[2]
+    whole = estimate_carbon(df, colonies="whole")
+    assert whole["carbon_flag"].iloc[0] == "colony_as_one_cell" and whole["carbon_ugC"].iloc[0] > 0
+
+
+def test_extrapolation_is_flagged():
+    df = _table(["Ceratium", "Ceratium"], volume_um3=np.array([100.0, 5e4]))
+    assert list(estimate_carbon(df)["carbon_flag"]) == ["extrapolated", ""]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 500), v=st.floats(10.0, 1e7))
+def test_per_cell_carbon_is_n_times_one_cell(n, v):
+    """n·f(V/n) for chains: equals n single cells of volume V/n (any relation, any n)."""
+    one = estimate_carbon(pd.DataFrame({"pred_label": ["Skeletonema"], "biovolume_um3": [v / n],
+                                        "area_um2": [1.0], "esd_um": [10.0], "n_cells": [1.0]}))
+    chain = estimate_carbon(pd.DataFrame({"pred_label": ["Skeletonema"], "biovolume_um3": [v],
+                                          "area_um2": [1.0], "esd_um": [10.0], "n_cells": [float(n)]}))
+    assert chain["carbon_ugC"].iloc[0] == pytest.approx(n * one["carbon_ugC"].iloc[0], rel=1e-9)
