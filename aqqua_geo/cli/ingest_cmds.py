@@ -66,6 +66,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(512, "--batch-size", help="Objects per committed batch."),
         codec: Optional[str] = typer.Option(None, "--codec", help="Image codec of a new store: lz4hc (fast reads, "
                                             "default) or zstd (~20 % smaller, slower reads)."),
+        follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
+                                             help="Follow symbolic links that lead out of SRC (refused by default)."),
     ) -> None:
         """Ingest SRC into the store; prints ingested / rejected by reason / duplicates.
 
@@ -75,11 +77,16 @@ def register(app: typer.Typer) -> None:
 
         opts = _options(source, constants, positions, pixel_size_um, metadata, mapping, strict, batch_size)
         opts["codec"] = codec
+        opts["follow_symlinks"] = follow_symlinks
         try:
             report = ingest(src, store, fmt=fmt, **opts)
-        except (IngestError, ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+        except (IngestError, ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
             _fail(err)
         typer.echo(report.summary())
+        if report.ingested + report.exists + report.duplicates == 0:
+            typer.echo(f"error: nothing was ingested from {src} ({report.records} records, {report.rejected} rejected; "
+                       "see the reasons above)", err=True)
+            raise typer.Exit(1)
 
     @app.command("validate")
     def validate_cmd(
@@ -102,6 +109,6 @@ def register(app: typer.Typer) -> None:
             opts["against_store"] = store
         try:
             report = validate(src, fmt=fmt, **opts)
-        except (ValueError, KeyError, FileNotFoundError) as err:
+        except (ValueError, KeyError, FileNotFoundError, OSError) as err:
             _fail(err)
         typer.echo(report.summary(max_examples=show))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import warnings
 import zipfile
@@ -20,6 +21,13 @@ from PIL import Image, UnidentifiedImageError
 from aqqua_geo.store.schema import InvalidRecord
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+
+#: Largest file (or zip entry, decompressed) an ingestor reads into memory.
+MAX_FILE_BYTES = 256 << 20
+#: Largest decoded image (height × width × channels bytes); EcoTaxa takes ≤ 20000×20000 px.
+MAX_IMAGE_BYTES = 100 << 20
+#: Longest field of a table (characters); longer ones reject their record.
+MAX_FIELD_CHARS = 100_000
 
 #: Pixel sizes (µm/px) used when a source does not give one, with where they come from.
 KNOWN_PIXEL_SIZE_UM: dict[str, tuple[float, str]] = {
@@ -73,24 +81,69 @@ class FileProblem:
     reason: str | None  # None: a note (e.g. an empty IFCB bin), not a rejection
     detail: str
     record: str = ""
+    raw: dict[str, str] | None = None  # the record's original fields, when it has some
+    object_id: str | None = None
 
 
 class SourceTree:
-    """Uniform read access to files in a folder or a .zip archive (paths are POSIX, relative)."""
+    """Uniform read access to files in a folder or a .zip archive (paths are POSIX, relative).
 
-    def __init__(self, src: str | Path):
+    Hostile input: a zip entry (or file) larger than :data:`MAX_FILE_BYTES` decompressed is
+    not read (:class:`InvalidRecord` ``too_large``); in a folder, a symbolic link that leads
+    out of the folder is refused unless *follow_symlinks*, and a dangling one is reported,
+    never skipped silently (both are listed by :meth:`files` and raise on :meth:`read_bytes`).
+    """
+
+    def __init__(self, src: str | Path, *, follow_symlinks: bool = False, max_file_bytes: int = MAX_FILE_BYTES):
         self.src = Path(src)
+        self.max_file_bytes = int(max_file_bytes)
+        self.refused: dict[str, InvalidRecord] = {}
         if not self.src.exists():
             raise FileNotFoundError(f"{src}: no such file or folder")
         self._zip = zipfile.ZipFile(self.src) if self.src.is_file() and zipfile.is_zipfile(self.src) else None
         if self._zip is None and not self.src.is_dir():
             raise ValueError(f"{src}: expected a folder or a .zip archive")
-        self._names = (
-            sorted(n for n in self._zip.namelist() if not n.endswith("/"))
-            if self._zip is not None
-            else sorted(p.relative_to(self.src).as_posix() for p in self.src.rglob("*") if p.is_file())
-        )
+        if self._zip is not None:
+            self._names = sorted({_normalise(n) for n in self._zip.namelist() if not n.endswith("/")} - {""})
+            self._entries = {_normalise(n): n for n in self._zip.namelist() if not n.endswith("/")}
+        else:
+            self._names = self._walk(follow_symlinks)
         self._name_set = set(self._names)
+
+    def _walk(self, follow_symlinks: bool) -> list[str]:
+        root = self.src.resolve()
+        names: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self.src, followlinks=False):
+            base = Path(dirpath)
+            for d in list(dirnames):  # a linked folder: refuse (outside) or skip (inside: seen anyway)
+                p = base / d
+                if p.is_symlink():
+                    dirnames.remove(d)
+                    target = p.resolve()
+                    rel = p.relative_to(self.src).as_posix()
+                    if follow_symlinks and target.is_dir():
+                        for sub in sorted(target.rglob("*")):
+                            if sub.is_file():
+                                n = f"{rel}/{sub.relative_to(target).as_posix()}"
+                                names.append(n)
+                    elif not (target == root or root in target.parents):
+                        self.refused[rel] = InvalidRecord("missing_image", f"{p}: symbolic link to a folder outside "
+                                                          f"{self.src} ({target}) not followed (use --follow-symlinks)")
+            for f in filenames:
+                p = base / f
+                rel = p.relative_to(self.src).as_posix()
+                if p.is_symlink():
+                    target = Path(os.path.realpath(p))
+                    if not target.exists():
+                        self.refused[rel] = InvalidRecord("missing_image", f"{p}: dangling symbolic link (to {os.readlink(p)})")
+                    elif not follow_symlinks and not (root in target.parents):
+                        self.refused[rel] = InvalidRecord("missing_image", f"{p}: symbolic link to {target}, outside "
+                                                          f"{self.src}: not followed (use --follow-symlinks to allow)")
+                    elif target.is_file():
+                        names.append(rel)
+                elif p.is_file():
+                    names.append(rel)
+        return sorted(set(names) | set(self.refused))
 
     def files(self, suffixes: tuple[str, ...] | None = None) -> list[str]:
         """Relative paths of the files (optionally only those with one of *suffixes*)."""
@@ -101,13 +154,31 @@ class SourceTree:
     def exists(self, name: str) -> bool:
         return name in self._name_set
 
-    def read_bytes(self, name: str) -> bytes:
+    def read_bytes(self, name: str, limit: int | None = None) -> bytes:
+        """The file's bytes; raises :class:`InvalidRecord` for a refused link or a file over
+        :attr:`max_file_bytes` (checked before reading: a zip bomb is never inflated)."""
+        if name in self.refused:
+            raise self.refused[name]
+        cap = self.max_file_bytes if limit is None else min(limit, self.max_file_bytes)
+        size = self.size(name)
+        if size > cap:
+            raise InvalidRecord("too_large", f"{self.display(name)}: {size} bytes "
+                                             f"({'decompressed ' if self._zip is not None else ''}), more than the "
+                                             f"{self.max_file_bytes} bytes an ingestor reads")
         if self._zip is not None:
-            return self._zip.read(name)
+            with self._zip.open(self._entries.get(name, name)) as fh:  # stops at the declared size
+                data = fh.read(cap + 1)
+            if len(data) > cap:
+                raise InvalidRecord("too_large", f"{self.display(name)}: more than {cap} bytes decompressed")
+            return data
         return (self.src / name).read_bytes()
 
     def size(self, name: str) -> int:
-        return self._zip.getinfo(name).file_size if self._zip is not None else (self.src / name).stat().st_size
+        if name in self.refused:
+            return 0
+        if self._zip is not None:
+            return self._zip.getinfo(self._entries.get(name, name)).file_size
+        return (self.src / name).stat().st_size
 
     def display(self, name: str) -> str:
         """A path a user can find: ``folder/name`` or ``archive.zip!name``."""
@@ -116,14 +187,24 @@ class SourceTree:
     @staticmethod
     def join(base: str, name: str) -> str:
         """POSIX join of a file's folder and a relative name, normalised."""
-        parts: list[str] = []
-        for part in (PurePosixPath(base).parent / name.replace("\\", "/")).parts:
-            if part == "..":
-                if parts:
-                    parts.pop()
-            elif part not in (".", ""):
-                parts.append(part)
-        return "/".join(parts)
+        return _normalise(str(PurePosixPath(base).parent / name.replace("\\", "/")))
+
+
+def _normalise(name: str) -> str:
+    """``./a/../b.png`` → ``b.png``; a leading dot of a *name* (``.a.png``) is kept."""
+    parts: list[str] = []
+    for part in PurePosixPath(name.replace("\\", "/")).parts:
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in (".", "", "/"):
+            parts.append(part)
+    return "/".join(parts)
+
+
+def normalise_path(name: str) -> str:
+    """A table's relative image path in the form :meth:`SourceTree.files` lists it."""
+    return _normalise(str(name).strip())
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
@@ -139,6 +220,11 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
+                bands = len(im.getbands())
+                w, h = im.size
+                if w * h * max(bands, 1) > MAX_IMAGE_BYTES or max(w, h) > 0xFFFF:
+                    raise InvalidRecord("too_large", f"{name}: image of {w}×{h} px × {bands} channel(s) is larger than "
+                                                     f"the store takes ({MAX_IMAGE_BYTES} bytes, 65535 px a side)")
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                     raise InvalidRecord("corrupt_image", f"{name}: {im.mode} (16/32-bit) images are not supported; convert to 8-bit")
@@ -151,7 +237,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise InvalidRecord("corrupt_image", f"{name}: not a readable image (unknown format or corrupt header)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (OSError, SyntaxError, ValueError, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InvalidRecord("corrupt_image", f"{name}: cannot decode image ({type(err).__name__}: {err})") from None
     if arr.size == 0:
         raise InvalidRecord("empty_image", f"{name}: image has no pixels")
@@ -181,19 +267,23 @@ def parse_date_time(date: str | None, time: str | None, object_id: str) -> datet
     m = _DATE_RE.match(date.replace("/", "-"))
     if not m:
         raise InvalidRecord("bad_datetime", f"{object_id}: date {date!r} is not YYYYMMDD or YYYY-MM-DD")
+    micro = 0
+    frac = re.fullmatch(r"(.*\d)[.,](\d{1,6})", time)
+    if frac and (":" in frac[1] or len(frac[1]) == 6):  # fractional seconds: 020139.315, 02:01:39.315
+        time, micro = frac[1], int(frac[2].ljust(6, "0"))
     if ":" in time:
         parts = time.split(":")
         if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
-            raise InvalidRecord("bad_datetime", f"{object_id}: time {time!r} is not HH:MM[:SS]")
+            raise InvalidRecord("bad_datetime", f"{object_id}: time {time!r} is not HH:MM[:SS[.fff]]")
         hh, mm, ss = (int(p) for p in (parts + ["0"])[:3])
     elif time.isdigit() and len(time) <= 6:
         digits = time.zfill(4) if len(time) <= 4 else time.zfill(6)
         digits = digits.ljust(6, "0")
         hh, mm, ss = int(digits[:2]), int(digits[2:4]), int(digits[4:6])
     else:
-        raise InvalidRecord("bad_datetime", f"{object_id}: time {time!r} is not HHMM[SS] or HH:MM[:SS]")
+        raise InvalidRecord("bad_datetime", f"{object_id}: time {time!r} is not HHMM[SS[.fff]] or HH:MM[:SS[.fff]]")
     try:
-        return datetime(int(m[1]), int(m[2]), int(m[3]), hh, mm, ss, tzinfo=timezone.utc)
+        return datetime(int(m[1]), int(m[2]), int(m[3]), hh, mm, ss, micro, tzinfo=timezone.utc)
     except ValueError as err:
         raise InvalidRecord("bad_datetime", f"{object_id}: date/time {date!r} {time!r} is not valid ({err})") from None
 
@@ -210,12 +300,37 @@ def parse_float(value: str | None, name: str, object_id: str, reason: str) -> fl
 
 
 def decode_text(data: bytes, name: str) -> str:
-    """UTF-8 (with or without BOM) text; raise ValueError naming the line of a bad byte."""
+    """Text of a table: UTF-8 (with or without BOM), else Latin-1 (as EcoTaxa reads it).
+
+    See :func:`decode_text_with_encoding` for which one was used.
+    """
+    return decode_text_with_encoding(data, name)[0]
+
+
+def decode_text_with_encoding(data: bytes, name: str) -> tuple[str, str]:
+    """``(text, encoding)`` with encoding ``utf-8-sig`` (BOM), ``utf-8`` or ``latin-1``.
+
+    EcoTaxa reads a TSV as Latin-1 unless it starts with a UTF-8 BOM; a file without a BOM
+    that is valid UTF-8 is read as UTF-8 here (ASCII and UTF-8 tables are the common case),
+    any other is Latin-1 (every byte is a Latin-1 character, so nothing is refused).
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        try:
+            return data[3:].decode("utf-8"), "utf-8-sig"
+        except UnicodeDecodeError as err:
+            at = err.start + 3
+            line = data[:at].count(b"\n") + 1
+            raise ValueError(f"{name}: line {line}: starts with a UTF-8 BOM but is not UTF-8 "
+                             f"(byte 0x{data[at]:02x} at offset {at})") from None
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise ValueError(f"{name}: line {line}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "latin-1"
+
+
+def read_image(tree: SourceTree, name: str) -> np.ndarray:
+    """Read and decode one image file of *tree* (size-capped before reading)."""
+    return decode_image(tree.read_bytes(name, limit=MAX_IMAGE_BYTES), tree.display(name))
 
 
 def iter_images(tree: SourceTree, prefix: str = "") -> Iterator[str]:

@@ -15,8 +15,6 @@ an acquisition (``acq_id``) under two samples, more free columns than EcoTaxa st
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -28,7 +26,9 @@ from aqqua_geo.ingest.common import (
     SourceTree,
     canonical_instrument,
     decode_image,
-    decode_text,
+    decode_text_with_encoding,
+    MAX_FIELD_CHARS,
+    read_image,
     parse_date_time,
     parse_float,
 )
@@ -44,30 +44,89 @@ _RESERVED = {"sample_id", "acq_id", "process_id", "acq_instrument"}
 _PIXEL_UM_INSTRUMENTS = {"IFCB", "FlowCam"}  # sub-µm/µm pixels: a value < 1 is really µm
 
 
-def _read_rows(tree: SourceTree, name: str) -> tuple[list[str], list[str] | None, list[tuple[int, list[str]]]]:
-    """Header, type row (or None for exports) and ``(line, fields)`` rows of one TSV."""
-    text = decode_text(tree.read_bytes(name), tree.display(name))
-    if not text.strip():
-        raise ValueError(f"{tree.display(name)}: empty file")
-    reader = csv.reader(io.StringIO(text), delimiter="\t", quotechar='"')
-    rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
-    header = [h.strip() for h in rows[0][1]]
-    if "object_id" not in header:
-        raise ValueError(f"{tree.display(name)}: line 1: no object_id column (not an EcoTaxa TSV)")
+def split_lines(text: str) -> list[tuple[int, str]]:
+    """``(line number, line)`` of every physical line (``\\n``, ``\\r\\n`` or old-Mac ``\\r``
+    endings). Only these end a row: no quote, form feed or Unicode separator does."""
+    sep = "\n" if "\n" in text or "\r" not in text else "\r"
+    return [(i, ln[:-1] if ln.endswith("\r") else ln) for i, ln in enumerate(text.split(sep), 1)]
+
+
+def split_fields(line: str) -> list[str]:
+    """Tab-separated fields of one physical line.
+
+    EcoTaxa exports enclose every field in ``"`` and its own import reads ``"`` as a quote
+    character (fixture ``import_test_weird`` quotes a category ending in a tab), so a field
+    that opens with ``"`` and closes with ``"`` before the next tab or the end of the line is
+    unquoted (``""`` → ``"``). A quote never reaches past its line: any other quote is data,
+    so a lone ``"Copepoda`` stays as written and cannot swallow the rows after it.
+    """
+    fields: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        if i < n and line[i] == '"':
+            j, buf, closed = i + 1, [], False
+            while j < n:
+                c = line[j]
+                if c == '"':
+                    if j + 1 < n and line[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    closed = j + 1 == n or line[j + 1] == "\t"
+                    break
+                buf.append(c)
+                j += 1
+            if closed:
+                fields.append("".join(buf))
+                if j + 1 == n:
+                    return fields
+                i = j + 2
+                continue
+        k = line.find("\t", i)
+        if k < 0:
+            fields.append(line[i:])
+            return fields
+        fields.append(line[i:k])
+        i = k + 1
+
+
+def is_blank(line: str) -> bool:
+    return not line.replace("\t", "").strip()
+
+
+def _read_rows(tree: SourceTree, name: str):
+    """``(header, types, rows, problem, encoding)`` of one TSV: ``rows`` are ``(line, fields)``
+    of every non-blank data line; ``problem`` (a message) makes every row rejected."""
+    disp = tree.display(name)
+    text, encoding = decode_text_with_encoding(tree.read_bytes(name), disp)
+    lines = [(n, ln) for n, ln in split_lines(text) if not is_blank(ln)]
+    if not lines:
+        raise ValueError(f"{disp}: empty file")
+    header = [h.strip().lower() for h in split_fields(lines[0][1])]
+    rows = [(n, split_fields(ln)) for n, ln in lines[1:]]
     types = None
-    if len(rows) > 1 and all(c.strip().lower() in ("", "[t]", "[f]") or c.startswith("[") for c in rows[1][1]) \
-            and any(c.strip().lower() in ("[t]", "[f]") for c in rows[1][1]):
-        types = [c.strip().lower() for c in rows[1][1]]
-        rows = rows[2:]
-    else:
+    if rows and all(c.strip().lower() in ("", "[t]", "[f]") or c.startswith("[") for c in rows[0][1]) \
+            and any(c.strip().lower() in ("[t]", "[f]") for c in rows[0][1]):
+        types = [c.strip().lower() for c in rows[0][1]]
         rows = rows[1:]
     if not rows:
-        raise ValueError(f"{tree.display(name)}: has a header but no data rows")
+        raise ValueError(f"{disp}: has a header but no data rows")
+    problem = None
+    if "object_id" not in header:
+        problem = f"{disp}: line {lines[0][0]}: no object_id column (not an EcoTaxa TSV)"
+    seen: dict[str, list[int]] = {}
+    for i, h in enumerate(header, 1):
+        if h:
+            seen.setdefault(h, []).append(i)
+    twice = {h: cols for h, cols in seen.items() if len(cols) > 1}
+    if twice and problem is None:
+        problem = f"{disp}: line {lines[0][0]}: " + "; ".join(
+            f"column {h} appears {len(c)} times (columns {', '.join(map(str, c))})" for h, c in twice.items())
     for prefix, limit in FREE_COLUMN_LIMITS.items():
         free = [h for h in header if h.startswith(prefix + "_") and h not in _RESERVED]
-        if len(free) > limit:
-            raise ValueError(f"{tree.display(name)}: {len(free)} free {prefix}_ columns, EcoTaxa stores at most {limit}")
-    return header, types, rows
+        if len(free) > limit and problem is None:
+            problem = f"{disp}: {len(free)} free {prefix}_ columns, EcoTaxa stores at most {limit}"
+    return header, types, rows, problem, encoding
 
 
 def _tsv_files(tree: SourceTree) -> list[str]:
@@ -77,7 +136,10 @@ def _tsv_files(tree: SourceTree) -> list[str]:
 def _pixel_size(row: dict[str, str], instrument: str | None, oid: str) -> tuple[float | None, str]:
     for col in ("process_pixel", "acq_pixel", "process_pixel_size_um", "acq_pixel_size"):
         value = parse_float(row.get(col), col, oid, "missing_pixel_size")
-        if value is not None and value > 0:
+        if value is not None and not value > 0:
+            raise InvalidRecord("missing_pixel_size", f"{oid}: {col}={row.get(col)!r} is not a positive pixel size "
+                                "(fix the column, or give the size with --set pixel_size_um=VALUE)")
+        if value is not None:
             if value < 1.0 and instrument not in _PIXEL_UM_INSTRUMENTS:
                 return value * 1000.0, f"{col}={row[col]} mm"
             return value, f"{col}={row[col]} um"
@@ -105,16 +167,28 @@ def iter_ecotaxa(src: Any, *, existing_acq_samples: dict[str, str] | None = None
         return
     parsed: list[tuple[str, list[str], list[str] | None, list[tuple[int, list[str]]]]] = []
     for name in files:
+        disp = tree.display(name)
         try:
-            header, types, rows = _read_rows(tree, name)
+            header, types, rows, problem, encoding = _read_rows(tree, name)
+        except InvalidRecord as err:
+            yield FileProblem(disp, err.reason, err.detail)
+            continue
         except ValueError as err:
             reason = "bad_encoding" if "not UTF-8" in str(err) else "bad_row"
-            yield FileProblem(tree.display(name), reason, str(err))
+            yield FileProblem(disp, reason, str(err))
             continue
-        parsed.append((name, header, types, rows))
+        if encoding == "latin-1":
+            yield FileProblem(disp, None, f"{disp}: not UTF-8, read as Latin-1 (as EcoTaxa does without a BOM)")
+        if problem is not None:  # the whole file is unusable: every row is rejected, counted
+            for line, values in rows:
+                raw = {f"column_{i + 1}": v for i, v in enumerate(values)}
+                raw["tsv_encoding"] = encoding
+                yield FileProblem(disp, "bad_row", problem, f"line {line}", raw)
+            continue
+        parsed.append((name, header, types, rows, encoding))
     # one category name ↔ one id in a source: the majority id wins, the others are rejected
     ids_of: dict[str, Counter] = {}
-    for _, header, _, rows in parsed:
+    for _, header, _, rows, _ in parsed:
         if "object_annotation_category" in header and "object_annotation_category_id" in header:
             ic, ii = header.index("object_annotation_category"), header.index("object_annotation_category_id")
             for _, r in rows:
@@ -124,7 +198,7 @@ def iter_ecotaxa(src: Any, *, existing_acq_samples: dict[str, str] | None = None
     # an object id (+ image rank) given twice in one TSV is ambiguous (EcoTaxa refuses it): every
     # occurrence is rejected. Across files the writer decides: same pixels → exists, else rejected.
     where: dict[tuple[str, str, str], list[str]] = {}
-    for name, header, _, rows in parsed:
+    for name, header, _, rows, _ in parsed:
         io_, ir = header.index("object_id"), header.index("img_rank") if "img_rank" in header else None
         for line, r in rows:
             key = (name, r[io_].strip() if io_ < len(r) else "",
@@ -133,9 +207,11 @@ def iter_ecotaxa(src: Any, *, existing_acq_samples: dict[str, str] | None = None
                 where.setdefault(key, []).append(f"{tree.display(name)}:{line}")
     repeated = {k: v for k, v in where.items() if len(v) > 1}
     acq_samples = dict(existing_acq_samples or {})
-    for name, header, types, rows in parsed:
+    for name, header, types, rows, encoding in parsed:
         for line, values in rows:
-            yield from _items(tree, name, header, types, line, values, majority, acq_samples, repeated)
+            for item in _items(tree, name, header, types, line, values, majority, acq_samples, repeated):
+                item.raw["tsv_encoding"] = encoding
+                yield item
 
 
 def _sampled_volume_l(row: dict[str, str], oid: str) -> float | None:
@@ -168,6 +244,13 @@ def _items(tree, name, header, types, line, values, majority, acq_samples, repea
     item = Item(file=file, record=where, object_id=oid or None, fields={}, raw=dict(row))
     if len(values) > len(header):
         item.errors["row"] = InvalidRecord("bad_row", f"{file}: {where}: {len(values)} fields, header has {len(header)}")
+        item.raw.update({f"column_{i + 1}": v for i, v in enumerate(values) if i >= len(header)})
+        yield item
+        return
+    long = [(h, len(v)) for h, v in row.items() if len(v) > MAX_FIELD_CHARS]
+    if long:
+        item.errors["row"] = InvalidRecord("too_large", f"{file}: {where}: " + ", ".join(
+            f"field {h} has {n} characters" for h, n in long) + f" (at most {MAX_FIELD_CHARS})")
         yield item
         return
     if not oid:
@@ -188,12 +271,16 @@ def _items(tree, name, header, types, line, values, majority, acq_samples, repea
         yield item
         return
     instrument = _instrument(row)
-    pixel, pixel_src = _pixel_size(row, instrument, oid)
+    errors: dict[str, InvalidRecord] = {}
+    try:
+        pixel, pixel_src = _pixel_size(row, instrument, oid)
+    except InvalidRecord as err:
+        pixel, pixel_src = None, ""
+        errors["pixel_size_um"] = err
     fields: dict[str, Any] = {
         "instrument": instrument, "sample_id": row.get("sample_id") or None, "label": label,
         "label_status": status, "pixel_size_um": pixel,
     }
-    errors: dict[str, InvalidRecord] = {}
     try:
         fields["sampled_volume_l"] = _sampled_volume_l(row, oid)
     except InvalidRecord as err:
@@ -229,7 +316,7 @@ def _loader(tree: SourceTree, path: str, file: str, where: str):
     def load():
         if not tree.exists(path):
             raise InvalidRecord("missing_image", f"{file}: {where}: image {path} not found")
-        return decode_image(tree.read_bytes(path), tree.display(path))
+        return read_image(tree, path)
 
     return load
 

@@ -12,6 +12,7 @@ its suffix (``Copepoda__6666/10280918``), unique within a folder by construction
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,17 @@ import pandas as pd
 
 from aqqua_geo.ingest.common import (
     IMAGE_SUFFIXES,
+    MAX_FILE_BYTES,
     FileProblem,
     Item,
     SourceTree,
     canonical_instrument,
-    decode_image,
+    decode_text_with_encoding,
+    normalise_path,
     parse_date_time,
     parse_float,
+    MAX_IMAGE_BYTES,
+    decode_image,
 )
 from aqqua_geo.store.schema import InvalidRecord
 
@@ -59,17 +64,38 @@ def default_metadata_path(src: Path) -> Path | None:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """A metadata table as strings (CSV, TSV or Parquet)."""
+    """A metadata table as strings (CSV, TSV or Parquet).
+
+    Text tables are UTF-8 (with or without BOM) or else Latin-1 (``df.attrs["encoding"]``);
+    TSV/TXT are tab-separated without quoting (as EcoTaxa writes them). Column names given
+    twice are listed in ``df.attrs["duplicate_columns"]`` (pandas would rename them).
+    """
+    import csv
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: metadata table not found")
     if path.suffix == ".parquet":
-        return pd.read_parquet(path).astype("string").astype(object).where(lambda d: d.notna(), None)
-    sep = "\t" if path.suffix in (".tsv", ".txt") else ","
+        df = pd.read_parquet(path).astype("string").astype(object).where(lambda d: d.notna(), None)
+        df.attrs.update(encoding="parquet", duplicate_columns=[])
+        return df
+    data = path.read_bytes()
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {len(data)} bytes, more than the {MAX_FILE_BYTES} bytes a metadata table may have")
+    text, encoding = decode_text_with_encoding(data, str(path))
+    tsv = path.suffix in (".tsv", ".txt")
+    sep = "\t" if tsv else ","
+    first = text.split("\n", 1)[0].rstrip("\r")
+    header = first.split("\t") if tsv else next(csv.reader([first]), [])
+    low = [h.strip().lower() for h in header]
+    dup = sorted({h for h in low if h and low.count(h) > 1})
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                         quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, engine="python" if tsv else "c")
+    except (pd.errors.ParserError, csv.Error) as err:
+        raise ValueError(f"{path}: not a readable {'TSV' if tsv else 'CSV'} table ({err})") from None
+    df.attrs.update(encoding=encoding, duplicate_columns=dup)
+    return df
 
 
 def _resolve(columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
@@ -108,13 +134,28 @@ def iter_folder(
         path_col = mapping.get("path") or next((c for c in df.columns if c.lower() in PATH_COLUMNS), None)
         if path_col is None:
             raise KeyError(f"{table_path}: no image path column (one of {PATH_COLUMNS}, or mapping path=...)")
+        dup_cols = df.attrs.get("duplicate_columns") or []
+        if df.attrs.get("encoding") == "latin-1":
+            yield FileProblem(table_name, None, f"{table_path}: not UTF-8, read as Latin-1")
         for i, rec in enumerate(df.to_dict("records")):
-            rel = str(rec[path_col]).replace("\\", "/").strip().lstrip("./")
-            if rel in rows:
-                yield FileProblem(table_name, "duplicate_object_id", f"{table_path}: row {i + 2}: image {rel} listed twice", f"row {i + 2}")
+            rec = {k: ("" if v is None else str(v)) for k, v in rec.items()}
+            if dup_cols:  # which of two same-named columns is meant? refuse rather than guess
+                yield FileProblem(table_name, "bad_row", f"{table_path}: row {i + 2}: column(s) {', '.join(dup_cols)} "
+                                  "given twice in the header", f"row {i + 2}", rec)
                 continue
-            rows[rel] = (i + 2, {k: ("" if v is None else str(v)) for k, v in rec.items()})
+            rel = normalise_path(rec[path_col])
+            if rel in rows:
+                yield FileProblem(table_name, "duplicate_object_id", f"{table_path}: row {i + 2}: image {rel} listed twice",
+                                  f"row {i + 2}", rec)
+                continue
+            rows[rel] = (i + 2, rec)
     images = tree.files(IMAGE_SUFFIXES)
+    if table_path is not None:
+        try:
+            here = table_path.resolve().relative_to(tree.src.resolve()).as_posix()
+        except ValueError:
+            here = None
+        images = [n for n in images if n != here]
     for rel in images:
         line, rec = rows.pop(rel, (None, {}))
         yield _item(tree, rel, rec, cols, table_name if line else tree.display(rel), f"row {line}" if line else rel)
@@ -159,4 +200,4 @@ def _item(tree: SourceTree, rel: str, rec: dict[str, str], cols: dict[str, str],
         fields["instrument"] = canonical_instrument(get("instrument"))
     raw = {**rec, "relative_path": rel}
     return Item(file=file, record=where, object_id=oid, fields=fields, raw=raw, errors=errors,
-                image=lambda: decode_image(tree.read_bytes(rel), tree.display(rel)))
+                image=lambda: decode_image(tree.read_bytes(rel, limit=MAX_IMAGE_BYTES), tree.display(rel)))

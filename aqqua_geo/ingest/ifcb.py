@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aqqua_geo.ingest.common import KNOWN_PIXEL_SIZE_UM, FileProblem, Item, SourceTree
+from aqqua_geo.ingest.common import KNOWN_PIXEL_SIZE_UM, MAX_IMAGE_BYTES, FileProblem, Item, SourceTree
 from aqqua_geo.store.schema import InvalidRecord
 
 ADC_COLUMNS = {
@@ -67,12 +67,21 @@ class BinId:
 def parse_bin_id(pid: str) -> BinId:
     """``D20130526T095207_IFCB013`` (V2) or ``IFCB5_2012_028_081515`` (V1) → :class:`BinId`."""
     if m := V2_RE.match(pid):
-        when = datetime.strptime(m[1], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+        try:
+            when = datetime.strptime(m[1], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+        except ValueError as err:
+            raise ValueError(f"{pid}: bin id has no valid date/time ({err})") from None
         return BinId(pid, 2, f"IFCB{int(m[2]):03d}", when)
     if m := V1_RE.match(pid):
-        day = datetime(int(m[2]), 1, 1, tzinfo=timezone.utc) + timedelta(days=int(m[3]) - 1)
-        hms = m[4]
-        when = day.replace(hour=int(hms[:2]), minute=int(hms[2:4]), second=int(hms[4:]))
+        year, doy, hms = int(m[2]), int(m[3]), m[4]
+        days = 366 if (year % 4 == 0 and year % 100 != 0) or year % 400 == 0 else 365
+        if not 1 <= doy <= days:
+            raise ValueError(f"{pid}: day of year {doy} is not in 1..{days} of {year}")
+        try:
+            day = datetime(year, 1, 1, tzinfo=timezone.utc) + timedelta(days=doy - 1)
+            when = day.replace(hour=int(hms[:2]), minute=int(hms[2:4]), second=int(hms[4:]))
+        except ValueError as err:
+            raise ValueError(f"{pid}: bin id has no valid date/time ({err})") from None
         return BinId(pid, 1, f"IFCB{int(m[1])}", when)
     raise ValueError(f"{pid}: not an IFCB bin id (DYYYYMMDDTHHMMSS_IFCBnnn or IFCBn_YYYY_DDD_HHMMSS)")
 
@@ -176,37 +185,91 @@ def iter_ifcb(
         yield from _bin_items(tree, adc_name, table, pixel_size_um)
 
 
+def _cell_int(value: str) -> int | None:
+    """A non-negative integer ADC cell (``238`` or ``238.0``), else None."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f == f and f >= 0 and f == int(f) else None
+
+
+def _schema_guess(pid: str, lines: list[str]) -> int:
+    if pid.startswith("D") or (lines and len(lines[0].split(",")) >= 20):
+        return 2
+    return 1
+
+
+def _adc_rows(text: str, schema: int) -> tuple[list[tuple[int, list[str]]], pd.DataFrame]:
+    """``(row number, cells)`` of every non-empty ADC line, and the numeric table of them."""
+    names = ADC_COLUMNS[schema]
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    rows = [(i, ln.rstrip(",").split(",")) for i, ln in enumerate((ln for ln in lines if ln.strip()), 1)]
+    padded = [r[: len(names)] + [""] * (len(names) - len(r)) for _, r in rows]
+    table = pd.DataFrame(padded, columns=names) if padded else pd.DataFrame(columns=names, dtype=float)
+    table.index = np.arange(1, len(table) + 1)
+    return rows, table.apply(pd.to_numeric, errors="coerce")
+
+
 def _bin_items(tree: SourceTree, adc_name: str, table: dict, pixel_size_um: float | None) -> Iterator[Item | FileProblem]:
+    """One item per ADC row with a ROI. A problem of the whole bin (its id, a missing or
+    unreadable .hdr/.roi) rejects each of its ROIs, so that counts stay per image."""
     stem = adc_name[: -len(".adc")]
     pid = stem.split("/")[-1]
     disp = tree.display(adc_name)
     try:
-        bid = parse_bin_id(pid)
-    except ValueError as err:
-        yield FileProblem(disp, "bad_row", str(err))
+        adc_text = tree.read_bytes(adc_name).decode("latin-1")  # numbers: any byte decodes, bad cells are caught below
+    except InvalidRecord as err:
+        yield FileProblem(disp, err.reason, err.detail)
         return
-    for ext in (".hdr", ".roi"):
-        if not tree.exists(stem + ext):
-            yield FileProblem(disp, "missing_image" if ext == ".roi" else "bad_row", f"{tree.display(stem + ext)}: missing (bin {pid})")
-            return
+    bin_problem: InvalidRecord | None = None
     try:
-        header = parse_header(tree.read_bytes(stem + ".hdr").decode("utf-8", errors="strict"))
-        adc_text = tree.read_bytes(adc_name).decode("ascii")
-        adc = read_adc(adc_text, bid.schema)
-        adc_raw = read_adc(adc_text, bid.schema, as_text=True)
-    except UnicodeDecodeError as err:
-        yield FileProblem(disp, "bad_encoding", f"{disp}: not ASCII/UTF-8 text ({err.reason} at byte {err.start})")
-        return
+        bid = parse_bin_id(pid)
+        schema = bid.schema
     except ValueError as err:
-        yield FileProblem(disp, "bad_row", f"{disp}: {err}")
+        bid, schema = None, _schema_guess(pid, [ln for ln in adc_text.splitlines() if ln.strip()])
+        bin_problem = InvalidRecord("bad_datetime", f"{disp}: {err}")
+    rows, adc = _adc_rows(adc_text, schema)
+    names = ADC_COLUMNS[schema]
+    min_cols = len(names) - (1 if schema == 1 else 0) - (2 if schema == 2 else 0)
+    records = []
+    for n, cells in rows:
+        text = dict(zip(names, cells[: len(names)] + [""] * (len(names) - len(cells))))
+        w, h, start = (_cell_int(text[k]) for k in ("roiWidth", "roiHeight", "startByte"))
+        if len(cells) >= min_cols and w is not None and h is not None and (w == 0 or h == 0):
+            continue  # a trigger without an image
+        problem = None
+        if len(cells) < min_cols:
+            problem = InvalidRecord("bad_row", f"{disp}: row {n}: {len(cells)} columns, V{schema} ADC has {len(names)}")
+        elif w is None or h is None or start is None:
+            bad = [f"{k}={text[k]!r}" for k, v in (("roiWidth", w), ("roiHeight", h), ("startByte", start)) if v is None]
+            problem = InvalidRecord("bad_row", f"{disp}: row {n}: {', '.join(bad)} is not a non-negative integer")
+        elif w * h > MAX_IMAGE_BYTES:
+            problem = InvalidRecord("too_large", f"{disp}: row {n}: ROI of {w}×{h} px is larger than the store takes")
+        records.append((n, text, w, h, start, problem))
+    if not records:
+        yield FileProblem(disp, None, f"{pid}: empty bin ({len(rows)} triggers, no ROI)")
         return
-    rois = adc[(adc["roiWidth"] > 0) & (adc["roiHeight"] > 0)]
-    if rois.empty:
-        yield FileProblem(disp, None, f"{pid}: empty bin ({len(adc)} triggers, no ROI)")
-        return
+    header: dict[str, str] = {}
+    if bin_problem is None:
+        for ext in (".hdr", ".roi"):
+            if not tree.exists(stem + ext):
+                bin_problem = InvalidRecord("missing_image" if ext == ".roi" else "bad_row",
+                                            f"{tree.display(stem + ext)}: missing (bin {pid})")
+                break
+    if bin_problem is None:
+        try:
+            raw_hdr = tree.read_bytes(stem + ".hdr")
+            try:
+                hdr_text = raw_hdr.decode("utf-8")
+            except UnicodeDecodeError:
+                hdr_text = raw_hdr.decode("latin-1")
+            header = parse_header(hdr_text)
+        except InvalidRecord as err:
+            bin_problem = err
     roi_name = stem + ".roi"
-    roi_size = tree.size(roi_name)
-    ml = ml_analyzed(adc, header, bid.schema)
+    roi_size = tree.size(roi_name) if tree.exists(roi_name) else 0
+    ml = ml_analyzed(adc, header, schema) if bin_problem is None else float("nan")
     pos = table.get(pid, {})
     lat = pos.get("lat", _header_value(header, _LAT_KEYS))
     lon = pos.get("lon", _header_value(header, _LON_KEYS))
@@ -220,18 +283,22 @@ def _bin_items(tree: SourceTree, adc_name: str, table: dict, pixel_size_um: floa
         return roi_bytes[0]
 
     hdr_raw = {f"hdr_{k}": v for k, v in header.items()}
-    for n, row in rois.iterrows():
+    for n, text, w, h, start, problem in records:
         oid = f"{pid}_{int(n):05d}"
-        w, h, start = int(row["roiWidth"]), int(row["roiHeight"]), int(row["startByte"])
-        raw = dict(adc_raw.loc[n])  # the ADC row as written
+        raw = dict(text)  # the ADC row as written
         raw.update(hdr_raw, bin=pid, roi_number=str(int(n)), ml_analyzed=repr(ml), pixel_size_um_source=pixel_src,
                    position_source="user table" if pid in table else "header" if lat is not None else "none")
         fields = {
-            "instrument": "IFCB", "sample_id": pid, "datetime": bid.datetime, "lat": lat, "lon": lon,
-            "depth_min": depth, "depth_max": depth, "pixel_size_um": pixel, "sampled_volume_l": ml / 1000.0,
+            "instrument": "IFCB", "sample_id": pid, "datetime": bid.datetime if bid else None, "lat": lat, "lon": lon,
+            "depth_min": depth, "depth_max": depth, "pixel_size_um": pixel,
+            "sampled_volume_l": ml / 1000.0 if ml == ml else None,
             "label": None, "label_status": "unlabelled",
         }
         item = Item(file=disp, record=f"ROI {int(n)}", object_id=oid, fields=fields, raw=raw)
+        if bin_problem is not None or problem is not None:
+            item.errors["row"] = bin_problem or problem
+            yield item
+            continue
         if lat is None or lon is None:
             item.errors["lat"] = InvalidRecord(
                 "missing_position", f"{oid}: bin {pid} has no position in its header; give a positions table (--positions CSV: bin,lat,lon,depth)"

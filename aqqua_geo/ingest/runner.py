@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from aqqua_geo.ingest.common import FileProblem, Item, SourceTree, canonical_instrument
-from aqqua_geo.store import codec
-from aqqua_geo.store.schema import InvalidRecord, check_record, to_utc
+from aqqua_geo.store import codec, segments
+from aqqua_geo.store.schema import InvalidRecord, check_record, record_problems, to_utc
 
 FORMATS = ("ecotaxa", "ifcb", "folder")
 _FLOAT_KEYS = ("lat", "lon", "depth", "depth_min", "depth_max", "altitude", "pixel_size_um", "sampled_volume_l")
@@ -42,6 +42,7 @@ class IngestReport:
     rejected_by_reason: Counter = field(default_factory=Counter)
     rejections: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warning_counts: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
     @property
@@ -126,7 +127,7 @@ def _store_state(store_dir: str | Path | None) -> tuple[dict[str, str], dict[str
 
 
 def _iterator(src: Path, fmt: str, options: dict[str, Any], store_dir: Path | None) -> Iterator[Item | FileProblem]:
-    tree = SourceTree(src)
+    tree = SourceTree(src, follow_symlinks=bool(options.get("follow_symlinks")))
     if fmt == "ecotaxa":
         from aqqua_geo.ingest.ecotaxa import acq_samples_from_raw, iter_ecotaxa
 
@@ -153,6 +154,15 @@ def _where(item: Item, detail: str) -> str:
     return detail if detail.startswith(item.file) else prefix + detail
 
 
+def _default_source(src: Path) -> str:
+    """A source name from SRC: the folder's name (``.`` → the current folder's), or the
+    archive's stem."""
+    name = src.stem if src.is_file() else src.resolve().name
+    if not name.strip():
+        raise ValueError(f"{src}: cannot name the source from this path; give one with --source NAME")
+    return name
+
+
 def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, progress=True, batch_size=512, codec=None,
          **options):
     from tqdm.auto import tqdm
@@ -163,7 +173,7 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
     raw_constants = (dict(p.split("=", 1) for p in constants) if isinstance(constants, (list, tuple))
                      else dict(constants or {}))
     constants = parse_constants(constants)
-    source = source or src.stem
+    source = source or _default_source(src)
     report = IngestReport(source=source, fmt=fmt, src=str(src), store_dir=None if store_dir is None else str(store_dir),
                           dry_run=store_dir is None)
     t0 = time.perf_counter()
@@ -179,11 +189,12 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
     # dry run: what the writer would know (the store given as against_store, then this run)
     known, seen_hashes = _store_state(options.get("against_store")) if writer is None else ({}, {})
 
-    def reject(file: str, record: str, reason: str, detail: str, raw=None, object_id=None) -> None:
+    def reject(file: str, record: str, reason: str, detail: str, raw=None, object_id=None, reasons=None) -> None:
         if strict:
             raise IngestError(detail)
         report.rejected_by_reason[reason] += 1
-        report.rejections.append({"file": file, "record": record, "reason": reason, "detail": detail})
+        report.rejections.append({"file": file, "record": record, "reason": reason, "detail": detail,
+                                  "reasons": ",".join(reasons or (reason,))})
         if writer is not None:
             writer.reject(file=file, record=record, reason=reason, detail=detail, raw=raw, object_id=object_id)
 
@@ -194,26 +205,23 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
                 if item.reason is None:
                     report.notes.append(item.detail)
                 else:
-                    reject(item.file, item.record, item.reason, item.detail)
+                    report.records += 1  # a record (or a file counted as one) that could not be read
+                    reject(item.file, item.record, item.reason, item.detail, item.raw, item.object_id)
                 continue
             report.records += 1
             _apply_constants(item, constants, raw_constants)
             oid = item.object_id  # an id seen before: same pixels → exists, other pixels → rejected
-            errors = sorted(item.errors.items(),
-                            key=lambda kv: _ERROR_ORDER.index(kv[0]) if kv[0] in _ERROR_ORDER else len(_ERROR_ORDER))
             try:
-                if errors:
-                    raise errors[0][1]
-                if item.image is None:
-                    raise InvalidRecord("missing_image", f"{oid}: no image")
-                image = item.image()
-                record = {**item.fields}
+                image, record = _checked(item, source)
+                warnings: list[str] = []
                 if writer is not None:
                     outcome = writer.add(oid, image, record, item.raw)
                 else:
-                    outcome = _dry_add(oid, image, record, source, seen_hashes, known, report)
+                    outcome = _dry_add(oid, image, record, source, seen_hashes, known, report, warnings)
+                    for w in warnings:
+                        report.warning_counts[w.split("=")[0]] += 1
             except InvalidRecord as err:
-                reject(item.file, item.record, err.reason, _where(item, err.detail), item.raw, oid)
+                reject(item.file, item.record, err.reason, _where(item, err.detail), item.raw, oid, err.reasons)
                 continue
             if writer is None:
                 continue
@@ -222,16 +230,48 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
             report.duplicates += outcome == "duplicate"
         if writer is not None:
             report.conflicting_labels = writer.report.conflicting_labels
+            for key, n in writer.report.warnings.items():
+                report.warning_counts[key] += n
             writer.close()
     except BaseException:
         if writer is not None:
-            writer._release()  # keep the journal: re-running the same ingest resumes
+            writer.abort()  # batches already committed stay in the journal: a re-run resumes
         raise
+    for key, n in sorted(report.warning_counts.items()):
+        report.notes.append(f"{n} record(s): {_WARNING_TEXT.get(key, key)}")
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _dry_add(oid, image: np.ndarray, record: dict, source: str, seen: dict, known: dict, report: IngestReport) -> str:
+_WARNING_TEXT = {"lon": "longitude given as 0..360, stored as -180..180 (see raw column aqqua_warnings)"}
+
+
+def _checked(item: Item, source: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The record's image and harmonised fields, or InvalidRecord carrying *every* problem
+    (parse errors, the image, the harmonised checks), not only the first."""
+    keyed = sorted(item.errors.items(),
+                   key=lambda kv: _ERROR_ORDER.index(kv[0]) if kv[0] in _ERROR_ORDER else len(_ERROR_ORDER))
+    problems = [err for _, err in keyed]
+    image = None
+    if "image" not in item.errors and "row" not in item.errors:
+        if item.image is None:
+            problems.insert(len([k for k, _ in keyed if k == "row"]),
+                            InvalidRecord("missing_image", f"{item.object_id}: no image"))
+        else:
+            try:
+                image = item.image()
+            except InvalidRecord as err:
+                problems.insert(len([k for k, _ in keyed if k == "row"]), err)
+    if "row" not in item.errors:
+        _, more = record_problems(str(item.object_id or ""), {**item.fields, "source": source}, skip=set(item.errors))
+        problems += more
+    if problems:
+        raise InvalidRecord.combine(problems)
+    return image, dict(item.fields)
+
+
+def _dry_add(oid, image: np.ndarray, record: dict, source: str, seen: dict, known: dict, report: IngestReport,
+             warnings: list[str] | None = None) -> str:
     """What :meth:`StoreWriter.add` would answer, without writing."""
     digest = codec.content_hash(image)
     if oid in known:
@@ -239,7 +279,11 @@ def _dry_add(oid, image: np.ndarray, record: dict, source: str, seen: dict, know
             raise InvalidRecord("duplicate_object_id", f"{oid}: object id already in the store with different pixels")
         report.exists += 1
         return "exists"
-    row = check_record(oid, {**record, "source": source})
+    row = check_record(oid, {**record, "source": source}, warnings=warnings)
+    try:
+        segments.check_fits(str(oid).encode("utf-8"), len(codec.encode(image)))
+    except ValueError as err:
+        raise InvalidRecord("too_large", f"{oid}: {err}") from None
     if digest in seen:
         report.duplicates += 1
         known[oid] = digest
@@ -259,7 +303,8 @@ def ingest(src: str | Path, store_dir: str | Path, fmt: str = "ecotaxa", **optio
     ``["key=value"]``, applied to every record and recorded in raw/ as ``user_set:<key>``),
     ``strict`` (raise :class:`IngestError` at the first bad record; nothing is written),
     ``progress``, ``batch_size``, ``codec`` (``lz4hc`` fast reads | ``zstd`` small; new stores); IFCB: ``positions`` (CSV bin,lat,lon,depth),
-    ``pixel_size_um``; folder: ``metadata`` (CSV/Parquet), ``mapping`` (field → column).
+    ``pixel_size_um``; folder: ``metadata`` (CSV/Parquet), ``mapping`` (field → column);
+    ``follow_symlinks`` (links out of SRC are refused by default).
     Re-running is idempotent; a killed run resumes when run again.
     """
     if fmt not in FORMATS:

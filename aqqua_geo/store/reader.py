@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,48 @@ import pyarrow.parquet as pq
 
 from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
-from aqqua_geo.store.manifest import read_manifest
+from aqqua_geo.store.manifest import (
+    StoreError,
+    check_files,
+    describe,
+    read_manifest,
+    read_parquet_once,
+    table_generation,
+)
 from aqqua_geo.store.schema import DUPLICATES_SCHEMA, HARMONISED_SCHEMA, REJECTED_SCHEMA, to_utc
-from aqqua_geo.store.writer import raw_path, shard_path
+from aqqua_geo.store.writer import legacy_raw_path, raw_path, shard_path
+
+#: How long a reader waits for a publish in progress (metadata newer than the manifest).
+SNAPSHOT_WAIT_S = 10.0
+
+
+def read_snapshot(store_dir: str | Path) -> tuple[dict[str, Any], pa.Table]:
+    """A consistent (manifest, metadata table) pair of the store at *store_dir*.
+
+    A publish replaces ``metadata.parquet`` and then ``manifest.json``; the manifest names the
+    generation written into the metadata file, so a reader that lands between the two
+    replaces sees a newer metadata file and reads both again. Any other disagreement (a
+    deleted or foreign file) raises :class:`StoreError` saying what is wrong.
+    """
+    import time
+
+    path = Path(store_dir)
+    deadline = time.monotonic() + SNAPSHOT_WAIT_S
+    while True:
+        manifest = read_manifest(path)
+        meta_path = path / "metadata.parquet"
+        try:
+            table = read_parquet_once(meta_path)
+        except FileNotFoundError:
+            table = None
+        problems = check_files(path, manifest, table)
+        if not problems:
+            return manifest, (table if table is not None else HARMONISED_SCHEMA.empty_table())
+        gen, want = (table_generation(table) if table is not None else None), manifest.get("generation")
+        publishing = gen is not None and (want is None or gen > want)
+        if not publishing or time.monotonic() > deadline:
+            raise StoreError(describe(path, problems))
+        time.sleep(0.01)
 
 
 class ShardReader:
@@ -68,10 +108,17 @@ class ShardReader:
             return self._decode(txn, object_id, shard)
 
     def _decode(self, txn, object_id: str, shard: int) -> np.ndarray:
-        blob = segments.read(txn, object_id.encode("utf-8"))
+        where = shard_path(self.store_dir, shard)
+        try:
+            blob = segments.read(txn, object_id.encode("utf-8"))
+        except (KeyError, ValueError, struct.error) as err:
+            raise StoreError(f"{object_id}: image in {where} is damaged ({err})") from None
         if blob is None:
-            raise KeyError(f"{object_id}: in metadata but not in {shard_path(self.store_dir, shard)}")
-        return codec.decode(blob)
+            raise KeyError(f"{object_id}: in metadata but not in {where}")
+        try:
+            return codec.decode(blob)
+        except Exception as err:  # noqa: BLE001 - blosc2/struct errors: name the object
+            raise StoreError(f"{object_id}: image in {where} cannot be decoded ({type(err).__name__}: {err})") from None
 
     def close(self) -> None:
         """Close this store's shard handles in this process."""
@@ -97,11 +144,9 @@ class AqquaStore:
             self.manifest = _parent.manifest
             self._shards = _parent._shards
         else:
-            self.manifest = read_manifest(self.path)
+            self.manifest, snapshot = read_snapshot(self.path)
+            _table = snapshot if _table is None else _table
             self._shards = ShardReader(self.path)
-        if _table is None:
-            meta = self.path / "metadata.parquet"
-            _table = pq.read_table(meta) if meta.is_file() else HARMONISED_SCHEMA.empty_table()
         self.table: pa.Table = _table
         self._ids: list[str] = _table.column("object_id").to_pylist()
         self._shard_of: list[int] = _table.column("shard").to_pylist()
@@ -260,11 +305,13 @@ class AqquaStore:
         frames = []
         for s in sources:
             path = raw_path(self.path, s)
+            if not path.is_file() and legacy_raw_path(self.path, s).is_file():
+                path = legacy_raw_path(self.path, s)
             if not path.is_file():
                 if source is not None:
                     raise KeyError(f"no raw table for source {s!r} in {self.path}")
                 continue
-            df = pd.read_parquet(path)
+            df = read_parquet_once(path).to_pandas()
             if source is None:
                 df.insert(0, "source", s) if "source" not in df.columns else None
             frames.append(df)
@@ -272,7 +319,7 @@ class AqquaStore:
 
     def _side(self, name: str, schema: pa.Schema) -> pd.DataFrame:
         path = self.path / name
-        return (pq.read_table(path) if path.is_file() else schema.empty_table()).to_pandas()
+        return (read_parquet_once(path) if path.is_file() else schema.empty_table()).to_pandas()
 
     def rejected(self) -> pd.DataFrame:
         """Rejected records: source, file, record, object_id, reason, detail, raw_json."""

@@ -27,6 +27,16 @@ def segment_size(key: bytes, page_size: int = 4096) -> int:
     return (page_size - _PAGE_HEADER) // 2 - _INDEX - _NODE_HEADER - (len(key) + 3)
 
 
+def check_fits(key: bytes, blob_len: int, page_size: int = 4096) -> None:
+    """Raise ValueError if a blob of *blob_len* bytes under *key* cannot be stored."""
+    size = segment_size(key, page_size)
+    if size < 256:
+        raise ValueError(f"object id of {len(key)} bytes is too long for the store (max ~1700)")
+    if -(-blob_len // size) > MAX_SEGMENTS:
+        raise ValueError(f"compressed image of {blob_len} bytes is too large for the store "
+                         f"(at most {MAX_SEGMENTS * size} bytes)")
+
+
 def split(key: bytes, blob: bytes, page_size: int = 4096) -> list[tuple[bytes, bytes]]:
     """``[(key, segment), ...]`` for one blob, in key order."""
     size = segment_size(key, page_size)

@@ -17,6 +17,7 @@ idempotent and a killed ingest resumes to the same final store.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
 from aqqua_geo._io import atomic_write_bytes, atomic_write_parquet
 from aqqua_geo.store.manifest import (
+    GENERATION_KEY,
     MANIFEST,
     new_manifest,
     now_iso,
@@ -49,6 +51,7 @@ from aqqua_geo.store.schema import (
     REASONS,
     REJECTED_SCHEMA,
     InvalidRecord,
+    check_object_id,
     check_record,
     metadata_table,
     raw_table,
@@ -67,7 +70,19 @@ def shard_path(store_dir: str | Path, shard: int) -> Path:
 
 
 def raw_path(store_dir: str | Path, source: str) -> Path:
-    """Path of the raw table of *source* (file-name-safe)."""
+    """Path of the raw table of *source* (file-name-safe and one file per source name).
+
+    A name that is not already file-name-safe gets a short hash of the real name, so that
+    ``cruise/1`` and ``cruise_1`` never share a raw table.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source).lstrip(".") or "_"
+    if safe != source:
+        safe += "-" + hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return Path(store_dir) / "raw" / (safe + ".parquet")
+
+
+def legacy_raw_path(store_dir: str | Path, source: str) -> Path:
+    """Where stores written before 1.0.x kept the raw table of *source*."""
     return Path(store_dir) / "raw" / (re.sub(r"[^A-Za-z0-9._-]+", "_", source) + ".parquet")
 
 
@@ -80,6 +95,7 @@ class WriterReport:
     duplicates: int = 0
     conflicting_labels: int = 0
     rejected_by_reason: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)  # values changed on the way in, by field
 
     @property
     def rejected(self) -> int:
@@ -155,12 +171,16 @@ class StoreWriter:
         if exc_type is None:
             self.close()
         else:
-            self._release()
+            self.abort()
 
     def open(self) -> None:
-        """Lock the store, load its state and any journal a killed run left."""
+        """Lock the store, check it, load its state and any journal a killed run left.
+
+        Nothing is written until the first batch is committed: a run that fails before that
+        (see :meth:`abort`) leaves the store as it was, without a journal or a new source.
+        """
+        self._created_dir = not self.store_dir.exists()
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        (self.store_dir / "images").mkdir(exist_ok=True)
         self._lock_fh = open(self.store_dir / ".lock", "a+")  # noqa: SIM115 - held until close
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -170,27 +190,45 @@ class StoreWriter:
             raise RuntimeError(f"{self.store_dir}: another process is writing to this store") from None
         try:
             self._manifest = read_manifest(self.store_dir) if (self.store_dir / MANIFEST).exists() else new_manifest()
+            if (self.store_dir / MANIFEST).exists():
+                self._check_consistent()
             if self.codec is None:
                 self.codec = self._manifest.get("codec", {}).get("name", codec.DEFAULT_CODEC)
             codec.codec_info(self.codec)  # unknown name → KeyError now, not mid-ingest
+            self._journal = self.store_dir / JOURNAL
+            for tmp in self._journal.glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)  # a batch that never got renamed: not committed
+            sources_path = self._journal / "sources.json"
+            self._sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
+            self._new_source = self.source not in self._sources and self.source not in {
+                e["source"] for e in self._manifest.get("sources", [])}
+            self._sources.setdefault(
+                self.source,
+                {"format": self.source_format, "path": self.source_path, "started_at": now_iso(), **self.source_info},
+            )
+            self._load_state()
         except BaseException:
-            self._release()
+            self.abort()
             raise
-        self._journal = self.store_dir / JOURNAL
-        self._journal.mkdir(exist_ok=True)
-        for tmp in self._journal.glob(".tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)  # a batch that never got renamed: not committed
-        sources_path = self._journal / "sources.json"
-        self._sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
-        self._sources.setdefault(
-            self.source,
-            {"format": self.source_format, "path": self.source_path, "started_at": now_iso(), **self.source_info},
-        )
-        atomic_write_bytes(sources_path, json.dumps(self._sources).encode())
-        self._load_state()
+        self._committed = 0  # journal batches committed by this session
         self._buffer: list[tuple[str, bytes, int]] = []
         self._rows: dict[str, list] = {"metadata": [], "raw": [], "rejected": [], "duplicates": []}
         self._open = True
+
+    def _check_consistent(self) -> None:
+        """Refuse to write into a store whose files disagree with its manifest."""
+        from aqqua_geo.store.manifest import StoreError, check_files, describe, read_parquet_once
+
+        meta = self.store_dir / "metadata.parquet"
+        table = read_parquet_once(meta) if meta.is_file() else None
+        problems = check_files(self.store_dir, self._manifest, table)
+        for entry in self._manifest.get("sources", []):
+            if entry.get("n_ingested", 0) + entry.get("n_duplicates", 0) and not (
+                    raw_path(self.store_dir, entry["source"]).is_file()
+                    or legacy_raw_path(self.store_dir, entry["source"]).is_file()):
+                problems.append(f"the raw table of source {entry['source']!r} is missing")
+        if problems:
+            raise StoreError(describe(self.store_dir, problems))
 
     def _load_state(self) -> None:
         """Known objects (id → hash, label, shard), hashes → kept id, known duplicates."""
@@ -213,13 +251,20 @@ class StoreWriter:
             zip(dup_t.column("object_id").to_pylist(), dup_t.column("kept_object_id").to_pylist())
         )
         shards = [int(s) for s in meta_t.column("shard").to_pylist()]
-        existing = sorted(int(p.name[6:10]) for p in (self.store_dir / "images").glob("shard-*.lmdb"))
+        existing = sorted(int(p.name[6:10]) for p in (self.store_dir / "images").glob("shard-*.lmdb")
+                          if p.name[6:10].isdigit())
         self._shard = max(shards + existing + [0])
         self._next_batch = 1 + max([int(b.name.split("-")[1]) for b in self._batches] + [0])
 
     def _env(self, shard: int) -> lmdb.Environment:
         self._used_shards.add(shard)
+        (self.store_dir / "images").mkdir(exist_ok=True)
         return open_env(shard_path(self.store_dir, shard), write=True)
+
+    def _start_journal(self) -> None:
+        """Create the journal (and record this source in it) before the first batch."""
+        self._journal.mkdir(exist_ok=True)
+        atomic_write_bytes(self._journal / "sources.json", json.dumps(self._sources).encode())
 
     # ------------------------------------------------------------------ adding
     def add(self, object_id: str, image: np.ndarray, record: dict[str, Any], raw: dict[str, Any] | None = None) -> str:
@@ -230,8 +275,7 @@ class StoreWriter:
         """
         self._require_open()
         object_id = str(object_id)
-        if not object_id.strip() or "\0" in object_id:
-            raise InvalidRecord("bad_row", f"object_id {object_id!r} is empty or contains a NUL character")
+        check_object_id(object_id)
         if not isinstance(image, np.ndarray) or image.size == 0:
             raise InvalidRecord("empty_image", f"{object_id}: image has no pixels")
         try:
@@ -249,8 +293,13 @@ class StoreWriter:
         if object_id in self._dup_ids:
             self.report.exists += 1
             return "exists"
-        row = check_record(object_id, {**record, "source": self.source})
+        warnings: list[str] = []
+        row = check_record(object_id, {**record, "source": self.source}, warnings=warnings)
         raw_row = {**(raw or {}), "object_id": object_id, _RAW_SOURCE: self.source}
+        if warnings:
+            raw_row["aqqua_warnings"] = "; ".join(warnings)
+            for w in warnings:
+                self.report.warnings[w.split("=")[0]] += 1
         kept = self._by_hash.get(digest)
         if kept is not None:
             kept_id, kept_label = kept
@@ -271,7 +320,12 @@ class StoreWriter:
             channels=int(image.shape[2]) if image.ndim == 3 else 1,
             content_hash=digest, shard=self._shard,
         )
-        self._buffer.append((object_id, codec.encode(image, self.codec), self._shard))
+        try:
+            blob = codec.encode(image, self.codec)
+            segments.check_fits(object_id.encode("utf-8"), len(blob))
+        except ValueError as err:
+            raise InvalidRecord("too_large", f"{object_id}: {err}") from None
+        self._buffer.append((object_id, blob, self._shard))
         self._rows["metadata"].append(row)
         self._rows["raw"].append({**raw_row, "kept_object_id": object_id})
         self._by_id[object_id] = digest
@@ -306,6 +360,8 @@ class StoreWriter:
         self._require_open()
         if not any(self._rows.values()):
             return
+        if self._committed == 0:
+            self._start_journal()
         by_shard: dict[int, list[tuple[str, bytes]]] = {}
         for oid, blob, shard in self._buffer:
             by_shard.setdefault(shard, []).append((oid, blob))
@@ -334,6 +390,7 @@ class StoreWriter:
                 os.fsync(fh.fileno())
         os.rename(tmp, self._journal / name)  # atomic: the batch is committed
         self._batches.append(self._journal / name)
+        self._committed += 1
         self._next_batch += 1
         self._buffer.clear()
         self._rows = {"metadata": [], "raw": [], "rejected": [], "duplicates": []}
@@ -348,9 +405,35 @@ class StoreWriter:
             return
         try:
             self.flush()
-            self._publish()
+            if self._batches or self._new_source or not self._manifest.get("generation"):
+                self._publish()
+            # else: nothing new (an idempotent re-run): the store is left byte for byte as it was
         finally:
             self._release()
+
+    def abort(self) -> None:
+        """Stop without publishing. Batches committed by this session stay in the journal (a
+        re-run resumes); a session that committed nothing leaves no trace."""
+        try:
+            if not getattr(self, "_committed", 0) and getattr(self, "_journal", None) is not None:
+                if self._journal.is_dir() and not any(self._journal.glob("batch-*")):
+                    sources = self._journal / "sources.json"
+                    if sources.exists():
+                        known = json.loads(sources.read_text())
+                        if set(known) <= {self.source}:
+                            shutil.rmtree(self._journal, ignore_errors=True)
+        finally:
+            self._release()
+            if getattr(self, "_created_dir", False) and not getattr(self, "_committed", 0):
+                for leftover in (".lock",):
+                    (self.store_dir / leftover).unlink(missing_ok=True)
+                images = self.store_dir / "images"
+                if images.is_dir() and not any(images.iterdir()):
+                    images.rmdir()
+                try:
+                    self.store_dir.rmdir()
+                except OSError:
+                    pass
 
     def _publish(self) -> None:
         store = self.store_dir
@@ -366,6 +449,7 @@ class StoreWriter:
         )
         dups = _dedupe(merged("duplicates", store / "duplicates.parquet", DUPLICATES_SCHEMA), ["object_id"])
         journal_raw = _concat([_read_table(b / "raw.parquet") for b in self._batches])
+        raw_rows = {k: v["rows"] for k, v in self._manifest.get("files", {}).items() if k.startswith("raw/")}
         for source in sorted(self._sources):
             new = None
             if journal_raw is not None:
@@ -375,13 +459,34 @@ class StoreWriter:
                     [c for c in new.column_names if new.column(c).null_count == new.num_rows and c not in _RAW_KEYS]
                 )
             path = raw_path(store, source)
-            table = _concat([_read_table(path), new])
+            old = path if path.is_file() else legacy_raw_path(store, source)
+            if old != path and old.is_file() and not any(
+                    raw_path(store, e["source"]) == old for e in self._manifest.get("sources", [])):
+                existing = _read_table(old)  # an older store's name for this source's table
+            else:
+                existing = _read_table(path)
+            table = _concat([existing, new])
             if table is not None and table.num_rows:
-                atomic_write_parquet(path, _dedupe(table, ["object_id"]))
-        atomic_write_parquet(store / "rejected.parquet", rejected)
-        atomic_write_parquet(store / "duplicates.parquet", dups)
-        atomic_write_parquet(store / "metadata.parquet", meta.replace_schema_metadata(HARMONISED_SCHEMA.metadata))
-        write_manifest(store, self._build_manifest(meta, rejected, dups))
+                table = _dedupe(table, ["object_id"])
+                atomic_write_parquet(path, table)
+                raw_rows[path.relative_to(store).as_posix()] = table.num_rows
+        generation = int(self._manifest.get("generation") or 0) + 1
+        gen_meta = {GENERATION_KEY: str(generation).encode()}
+
+        def stamped(table: pa.Table, base: dict | None = None) -> pa.Table:
+            return table.replace_schema_metadata({**(base or table.schema.metadata or {}), **gen_meta})
+
+        atomic_write_parquet(store / "rejected.parquet", stamped(rejected))
+        atomic_write_parquet(store / "duplicates.parquet", stamped(dups))
+        # metadata last before the manifest: a reader seeing a newer metadata generation than
+        # the manifest's knows a publish is in progress and reads again
+        atomic_write_parquet(store / "metadata.parquet", stamped(meta, HARMONISED_SCHEMA.metadata))
+        manifest = self._build_manifest(meta, rejected, dups)
+        manifest["generation"] = generation
+        manifest["files"] = {"metadata.parquet": {"rows": meta.num_rows}, "rejected.parquet": {"rows": rejected.num_rows},
+                             "duplicates.parquet": {"rows": dups.num_rows},
+                             **{k: {"rows": v} for k, v in sorted(raw_rows.items())}}
+        write_manifest(store, manifest)
         shutil.rmtree(self._journal, ignore_errors=True)
 
     def _build_manifest(self, meta: pa.Table, rejected: pa.Table, dups: pa.Table) -> dict[str, Any]:

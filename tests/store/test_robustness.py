@@ -114,10 +114,12 @@ def bad_lon(m106, tmp):
 
 
 def not_utf8(m106, tmp):
+    # a table without a BOM that is not UTF-8 is read as Latin-1 (as EcoTaxa does); one that
+    # starts with a UTF-8 BOM and then is not UTF-8 is refused
     src = _n2(m106, tmp)
-    data = (src / N2_TSV).read_bytes().replace(b"detritus", b"d\xe9tritus", 1)
+    data = b"\xef\xbb\xbf" + (src / N2_TSV).read_bytes().replace(b"detritus", b"d\xe9tritus", 1)
     (src / N2_TSV).write_bytes(data)
-    return src, "ecotaxa", {}, "bad_encoding", f"{src / N2_TSV}: line 3: not UTF-8 (byte 0xe9"
+    return src, "ecotaxa", {}, "bad_encoding", f"{src / N2_TSV}: line 3: starts with a UTF-8 BOM but is not UTF-8 (byte 0xe9"
 
 
 def duplicate_ids(m106, tmp):

@@ -53,7 +53,7 @@ def test_codec_round_trip(image):
             st.floats(-90, 90), st.floats(-180, 180), st.floats(0, 6000),
             st.floats(0.1, 200), st.one_of(st.none(), st.text(min_size=1, max_size=12)),
             st.datetimes(min_value=pd.Timestamp("1950-01-01").to_pydatetime(),
-                         max_value=pd.Timestamp("2090-01-01").to_pydatetime()),
+                         max_value=pd.Timestamp("2025-01-01").to_pydatetime()),  # future dates are rejected
         ),
         min_size=1, max_size=8,
     )
