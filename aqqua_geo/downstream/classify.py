@@ -1,9 +1,9 @@
 """Species classification: a saved classifier bundle, calibration and label curation.
 
 Heads live in :mod:`aqqua_geo.downstream.probes` (k-NN, linear probe) and
-:mod:`aqqua_geo.downstream.finetune` (full fine-tuning). Probabilities are calibrated with
-temperature scaling fitted on validation data (Guo et al. 2017);
-:func:`expected_calibration_error` reports ECE before and after. A trained head, its class
+:mod:`aqqua_geo.downstream.finetune` (full fine-tuning). A temperature is fitted on validation
+data (Guo et al. 2017) and kept only if it lowers the validation ECE
+(:func:`expected_calibration_error`; the report gives ECE before and after). A trained head, its class
 list, calibration temperature, rare-class grouping, novelty scorer and the embedding it
 expects are saved together as one file (:class:`ClassifierBundle`).
 """
@@ -150,20 +150,43 @@ class ClassifierBundle:
         """Calibrated class probabilities, columns in :attr:`classes` order."""
         return softmax(self.logits(x), self.temperature)
 
-    def calibrate(self, x_val: np.ndarray, y_val: Sequence[str], n_bins: int = 15) -> dict[str, float]:
-        """Fit the temperature on validation data; returns ECE/NLL before and after."""
+    def calibrate(self, x_val: np.ndarray, y_val: Sequence[str], n_bins: int = 15) -> dict[str, Any]:
+        """Fit a temperature on validation data and keep it only if it lowers validation ECE.
+
+        Temperature scaling minimises the NLL, which is not the calibration error: on k-NN
+        log-probabilities (vote shares floored at 1e-8) the NLL-optimal temperature can flatten
+        every prediction and raise the ECE several-fold. The fitted temperature is therefore
+        kept only when the ECE of ``softmax(logits / T)`` on the validation data is lower than
+        without it; otherwise the bundle keeps T = 1. The report (also stored as
+        ``metrics["calibration"]``) gives ECE and NLL without and with the fitted temperature,
+        which one was kept, and ``table``: one row per candidate temperature.
+        """
         y_idx = self._label_index(y_val)
         logits = self.logits(x_val)
-        before = softmax(logits)
-        self.temperature = fit_temperature(logits, y_idx)
-        after = softmax(logits, self.temperature)
         rows = np.arange(len(y_idx))
+        fitted = fit_temperature(logits, y_idx)
+        table = []
+        for name, t in (("none", 1.0), ("fitted", fitted)):
+            p = softmax(logits, t)
+            table.append({"candidate": name, "temperature": float(t),
+                          "ece": expected_calibration_error(p, y_idx, n_bins),
+                          "nll": float(-np.log(np.maximum(p[rows, y_idx], 1e-12)).mean())})
+        keep = table[1]["ece"] < table[0]["ece"]
+        self.temperature = float(fitted) if keep else 1.0
+        chosen = table[1] if keep else table[0]
         report = {
             "temperature": self.temperature,
-            "ece_before": expected_calibration_error(before, y_idx, n_bins),
-            "ece_after": expected_calibration_error(after, y_idx, n_bins),
-            "nll_before": float(-np.log(np.maximum(before[rows, y_idx], 1e-12)).mean()),
-            "nll_after": float(-np.log(np.maximum(after[rows, y_idx], 1e-12)).mean()),
+            "temperature_fitted": float(fitted),
+            "kept": bool(keep),
+            "ece_before": table[0]["ece"],
+            "ece_fitted": table[1]["ece"],
+            "ece_after": chosen["ece"],
+            "nll_before": table[0]["nll"],
+            "nll_fitted": table[1]["nll"],
+            "nll_after": chosen["nll"],
+            "n_val": int(len(y_idx)),
+            "n_bins": int(n_bins),
+            "table": table,
         }
         self.metrics["calibration"] = report
         return report
@@ -245,33 +268,71 @@ def split_train_val(labels: np.ndarray, val_fraction: float, seed: int) -> tuple
     return train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
 
 
+def _novelty_eval_subset(labels: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
+    """Row indices with at most *max_per_class* rows of each class (seeded), for the held-out-class table."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        keep.append(rows if len(rows) <= max_per_class else rng.choice(rows, max_per_class, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
 def finish_bundle(head, backbone_path: str | Path, emb: np.ndarray, labels: np.ndarray, tr: np.ndarray,
-                   va: np.ndarray, report: pd.DataFrame, novelty: str, extra: dict[str, Any]) -> ClassifierBundle:
-    """Calibrate on validation, attach a novelty scorer thresholded on validation, add metrics."""
+                   va: np.ndarray, report: pd.DataFrame, novelty: str, extra: dict[str, Any], *,
+                   novelty_tpr: float = 0.95, novelty_max_per_class: int = 300, seed: int = 0) -> ClassifierBundle:
+    """Calibrate on validation, attach a novelty scorer thresholded on validation, add metrics.
+
+    *novelty* is a method of :data:`aqqua_geo.downstream.novelty.METHODS` or ``"auto"``: every
+    embedding method is evaluated with each labelled class held out entirely
+    (:func:`~aqqua_geo.downstream.novelty.holdout_class_evaluation`, on at most
+    *novelty_max_per_class* images per class) and the one that flags the largest share of
+    unseen classes at the operating point is used. The held-out-class table and the chosen
+    method go to ``metrics["novelty"]``. The final scorer is fitted on the training split and
+    its threshold accepts *novelty_tpr* of the validation images.
+    """
     from sklearn.metrics import balanced_accuracy_score
 
-    from aqqua_geo.downstream.novelty import NoveltyScorer
+    from aqqua_geo.downstream.novelty import (EMBEDDING_METHODS, METHODS, NoveltyScorer,
+                                              holdout_class_evaluation, select_method, summarise)
 
+    if novelty != "auto" and novelty not in METHODS:
+        raise ValueError(f"novelty must be 'auto' or one of {METHODS}, got {novelty!r}")
     if novelty == "energy" and not isinstance(head, LinearProbe):
         raise ValueError("the energy novelty score needs a linear head (k-NN log-probabilities have constant energy)")
     bundle = ClassifierBundle(head=head, embedding={"backbone_sha256": file_sha256(backbone_path),
                                                     "embed_dim": int(emb.shape[1]), "pool": "cls", **extra})
     bundle.label_map = {r.label: (r.new_label if isinstance(r.new_label, str) else None) for r in report.itertuples()}
     calib = bundle.calibrate(emb[va], labels[va])
-    scorer = NoveltyScorer(novelty).fit(emb[tr], labels[tr])
-    scorer.set_threshold(emb[va], bundle.logits(emb[va]) if novelty == "energy" else None)
+    n_classes = len(np.unique(labels))
+    novelty_metrics: dict[str, Any] = {"requested": novelty, "tpr": float(novelty_tpr)}
+    method = "knn" if novelty == "auto" else novelty
+    if n_classes >= 3:
+        sub = _novelty_eval_subset(labels, novelty_max_per_class, seed)
+        counts = pd.Series(labels[sub]).value_counts()
+        if counts.min() >= 4:
+            methods = list(EMBEDDING_METHODS) if novelty == "auto" else [novelty]
+            table = holdout_class_evaluation(emb[sub], labels[sub], methods=methods, seed=seed, tpr=novelty_tpr)
+            if novelty == "auto":
+                method = select_method(table)
+            novelty_metrics["holdout_classes"] = table.to_dict("records")
+            novelty_metrics["summary"] = summarise(table).reset_index().to_dict("records")
+    novelty_metrics["method"] = method
+    scorer = NoveltyScorer(method, tpr=novelty_tpr).fit(emb[tr], labels[tr])
+    scorer.set_threshold(emb[va], bundle.logits(emb[va]) if method == "energy" else None)
     bundle.novelty = scorer
     pred = bundle.classes[bundle.predict_proba(emb[va]).argmax(axis=1)]
     bundle.metrics.update({"val_top1": float((pred == labels[va]).mean()),
                            "val_balanced_accuracy": float(balanced_accuracy_score(labels[va], pred)),
-                           "n_train": int(len(tr)), "n_val": int(len(va)), "calibration": calib})
+                           "n_train": int(len(tr)), "n_val": int(len(va)), "calibration": calib,
+                           "novelty": novelty_metrics})
     return bundle
 
 
 def train_classifier(backbone_path: str | Path, store, out_path: str | Path, kind: str = "knn", *,
                      labels: Sequence[str | None] | None = None, k: int = 20, C: float = 1.0,
                      min_count: int = 10, rare: str = "group", val_fraction: float = 0.2,
-                     novelty: str = "knn", seed: int = 0, device: str = "cpu",
+                     novelty: str = "auto", seed: int = 0, device: str = "cpu",
                      max_tokens_per_batch: int = 4096) -> ClassifierBundle:
     """Fit a k-NN or linear-probe head on frozen embeddings of a store's labelled objects.
 
@@ -294,7 +355,7 @@ def train_classifier(backbone_path: str | Path, store, out_path: str | Path, kin
     head = KNNClassifier(k=k) if kind == "knn" else LinearProbe(C=C)
     head.fit(emb[tr], y[tr])
     bundle = finish_bundle(head, backbone_path, emb, y, tr, va, report, novelty,
-                            {"max_tokens_per_batch": max_tokens_per_batch})
+                            {"max_tokens_per_batch": max_tokens_per_batch}, seed=seed)
     bundle.metrics["rare_classes"] = report.to_dict("records")
     bundle.save(out_path)
     return bundle

@@ -1,18 +1,43 @@
-"""Novelty / out-of-distribution scores for plankton embeddings.
+"""Novelty (out-of-distribution) scores for plankton embeddings, and their operating point.
 
-Three scores, higher = more novel:
+Every score is *higher = more novel*. Embeddings are first centred on the training mean and
+L2-normalised (``centre=True``): self-supervised ViT features share a large common component
+that otherwise dominates cosine similarities.
 
-- ``"knn"`` — one minus the cosine similarity to the k-th nearest training embedding
-  (Sun et al. 2022, "Out-of-distribution detection with deep nearest neighbors").
+- ``"knn"`` — one minus the cosine similarity to the k-th nearest training embedding (Sun et
+  al. 2022, ICML, "Out-of-distribution detection with deep nearest neighbors"). With
+  ``class_norm=True`` (the default) the distance is divided by the typical k-NN distance
+  *within the nearest neighbour's class* (median over that class's training images, each
+  scored against the others): a tight class (bubbles) and a diffuse one (detritus) then share
+  one threshold instead of the diffuse class setting it for all.
 - ``"mahalanobis"`` — minimum over classes of the squared Mahalanobis distance to the class
-  mean, with one covariance shared by all classes (Lee et al. 2018) estimated with
-  Ledoit-Wolf shrinkage (plankton classes are small relative to the embedding dimension).
-- ``"energy"`` — the free energy ``−T·logsumexp(logits / T)`` of a classifier's logits
-  (Liu et al. 2020); needs logits at scoring time.
+  mean with one shared covariance (Lee et al. 2018, NeurIPS), estimated with shrinkage
+  (``shrinkage="ledoitwolf"`` or ``"oas"``; plankton classes are small relative to the
+  embedding dimension).
+- ``"rmd"`` — relative Mahalanobis distance (Ren et al. 2021, arXiv:2106.09022): the class
+  distance minus the distance to one Gaussian fitted on all training data, which removes the
+  directions where known and novel images vary alike.
+- ``"vim"`` — Virtual-logit Matching (Wang et al. 2022, CVPR): ``α·‖x^{P⊥}‖ − logsumexp(logits)``,
+  the norm of the feature off the principal subspace of the training features (scaled by α
+  so that it matches the logits) against the energy of a multinomial logistic regression
+  fitted by the scorer itself on the training features (stored as arrays).
+- ``"energy"`` — the free energy ``E = −T·logsumexp(logits / T)`` of the *classifier's* logits
+  (Liu et al. 2020, NeurIPS). Known images have low energy, so ``E`` itself is the novelty
+  score (no sign flip). It needs a linear head: a k-NN head's log-probabilities have a
+  constant logsumexp. On linear probes of frozen features it can rank backwards (far-away
+  images get large logits); :func:`holdout_class_evaluation` measures it like the others.
 
-The decision threshold is set on in-distribution validation data so that a chosen fraction
-(default 95 %, "95 % TPR") of known-class images is accepted. :func:`leave_one_class_out`
-evaluates the score with AUROC, holding each class out in turn as the "novel" one.
+Operating point. The threshold accepts a fraction ``tpr`` (default 95 %) of *held-out*
+known-class images, so about ``1 − tpr`` of known images are flagged. How much of a class
+never seen in training is then flagged is measured by :func:`holdout_class_evaluation`:
+each labelled class in turn is removed *entirely* from training, the scorer is fitted on the
+rest, the threshold is set on held-out images of the remaining classes, and the table gives
+AUROC, the share of the unseen class flagged and the share of known images flagged at that
+threshold. :func:`select_method` picks the method with the highest mean flagged share of
+unseen classes (AUROC breaks ties) from that table; ``finish_bundle`` stores the table in the
+classifier's metrics.
+
+All fitted state is numpy arrays, floats and strings (no pickled estimators).
 """
 
 from __future__ import annotations
@@ -22,9 +47,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe, l2_normalize
+from aqqua_geo.downstream.probes import l2_normalize
 
-METHODS = ("knn", "mahalanobis", "energy")
+METHODS = ("knn", "mahalanobis", "rmd", "vim", "energy")
+#: Methods that need only embeddings (``"energy"`` needs the classifier's logits).
+EMBEDDING_METHODS = ("knn", "mahalanobis", "rmd", "vim")
+SHRINKAGE = ("ledoitwolf", "oas")
 
 
 def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -45,43 +73,145 @@ def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
     return float(roc_auc_score(y, np.r_[scores_in, scores_out]))
 
 
+def _covariance(centred: np.ndarray, shrinkage: str) -> np.ndarray:
+    """Shrunk covariance of already-centred rows (float64)."""
+    from sklearn.covariance import OAS, LedoitWolf
+
+    est = LedoitWolf(assume_centered=True) if shrinkage == "ledoitwolf" else OAS(assume_centered=True)
+    return est.fit(centred).covariance_.astype(np.float64)
+
+
+def _sq_mahalanobis(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of every row of *x* to every row of *means*: (n, C)."""
+    xp = x @ precision  # (n, D)
+    mp = means @ precision  # (C, D)
+    return (np.einsum("nd,nd->n", xp, x)[:, None] - 2.0 * xp @ means.T
+            + np.einsum("cd,cd->c", mp, means)[None, :])
+
+
 class NoveltyScorer:
-    """Fit on training embeddings (and labels), score new ones, threshold on validation data.
+    """Fit on training embeddings (and labels), score new ones, threshold on held-out data.
 
     Parameters
     ----------
-    method: ``"knn"``, ``"mahalanobis"`` or ``"energy"``.
+    method: one of :data:`METHODS`.
     k: neighbour rank for ``"knn"``.
-    tpr: fraction of in-distribution validation images accepted by :attr:`threshold_`.
+    tpr: fraction of held-out known-class images accepted by :attr:`threshold_`.
     temperature: energy temperature.
+    centre: subtract the training mean first.
+    normalise: L2-normalise (then ``"knn"`` uses cosine distance; otherwise Euclidean, e.g.
+        for a few standardised morphometric features).
+    class_norm: ``"knn"`` distances relative to the nearest class's own k-NN distances.
+    shrinkage: covariance estimator of ``"mahalanobis"``/``"rmd"`` (``"ledoitwolf"``/``"oas"``).
+    vim_dim: principal-subspace dimension of ``"vim"`` (default: half the embedding dimension).
     """
 
-    def __init__(self, method: str = "knn", k: int = 10, tpr: float = 0.95, temperature: float = 1.0):
+    def __init__(self, method: str = "knn", k: int = 10, tpr: float = 0.95, temperature: float = 1.0,
+                 *, centre: bool = True, normalise: bool = True, class_norm: bool = True, shrinkage: str = "ledoitwolf",
+                 vim_dim: int | None = None):
         if method not in METHODS:
             raise ValueError(f"novelty method must be one of {METHODS}, got {method!r}")
         if not 0 < tpr <= 1:
             raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+        if shrinkage not in SHRINKAGE:
+            raise ValueError(f"shrinkage must be one of {SHRINKAGE}, got {shrinkage!r}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         self.method = method
         self.k = int(k)
         self.tpr = float(tpr)
         self.temperature = float(temperature)
+        self.centre = bool(centre)
+        self.normalise = bool(normalise)
+        self.class_norm = bool(class_norm)
+        self.shrinkage = shrinkage
+        self.vim_dim = None if vim_dim is None else int(vim_dim)
         self.threshold_: float | None = None
 
-    def fit(self, x: np.ndarray, y: Sequence[str] | None = None) -> NoveltyScorer:
-        """Memorise the training distribution (labels required for ``"mahalanobis"``)."""
-        x = l2_normalize(x)
-        if self.method == "knn":
-            self._knn = KNNClassifier(k=self.k).fit(x, np.zeros(len(x), dtype=int))
-        elif self.method == "mahalanobis":
-            from sklearn.covariance import LedoitWolf
+    # ---------------------------------------------------------------------------------------
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D (n, dim), got shape {x.shape}")
+        if x.shape[1] != self.mean_.shape[0]:
+            raise ValueError(f"novelty: embeddings of dimension {x.shape[1]}, scorer fitted on {self.mean_.shape[0]}")
+        x = x - self.mean_ if self.centre else x
+        return l2_normalize(x) if self.normalise else x
 
-            if y is None:
-                raise ValueError("the Mahalanobis novelty score needs training labels")
-            y = np.asarray(y)
+    def _kth_distance(self, q: np.ndarray, exclude_self: bool = False, batch: int = 2048
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Distance to the k-th nearest training row and the nearest row's index.
+
+        Cosine distance ``1 − cos`` on normalised features, Euclidean distance otherwise.
+        With *exclude_self* (queries are the training rows) each row's own match is skipped.
+        """
+        train = self.train_
+        k = min(self.k + (1 if exclude_self else 0), len(train))
+        sq_train = np.einsum("nd,nd->n", train, train)
+        kth, first = [], []
+        for lo in range(0, len(q), batch):
+            qb = q[lo:lo + batch]
+            if self.normalise:
+                d = 1.0 - qb @ train.T
+            else:
+                d = np.sqrt(np.maximum(np.einsum("nd,nd->n", qb, qb)[:, None] + sq_train[None] - 2.0 * qb @ train.T, 0))
+            top = np.sort(np.partition(d, k - 1, axis=1)[:, :k], axis=1)  # ascending distances
+            kth.append(top[:, -1])
+            order = np.argsort(d, axis=1, kind="stable")
+            first.append(order[:, 1 if exclude_self and d.shape[1] > 1 else 0])
+        return np.concatenate(kth).astype(np.float64), np.concatenate(first)
+
+    def fit(self, x: np.ndarray, y: Sequence[str] | None = None) -> NoveltyScorer:
+        """Memorise the training distribution (labels needed except for ``"knn"`` without class_norm)."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"novelty: need a 2-D array of at least 2 training embeddings, got {x.shape}")
+        self.mean_ = x.mean(axis=0) if self.centre else np.zeros(x.shape[1], np.float32)
+        xn = self._prep(x)
+        needs_labels = self.method in ("mahalanobis", "rmd", "vim") or (self.method == "knn" and self.class_norm)
+        if needs_labels and y is None:
+            raise ValueError(f"the {self.method} novelty score needs training labels")
+        if y is not None:
+            y = np.asarray(y).astype(str)
+            if len(y) != len(x):
+                raise ValueError(f"{len(x)} embeddings but {len(y)} labels")
             self.classes_ = np.unique(y)
-            self.means_ = np.stack([x[y == c].mean(axis=0) for c in self.classes_])
-            centred = x - self.means_[np.searchsorted(self.classes_, y)]
-            self.precision_ = LedoitWolf(assume_centered=True).fit(centred).precision_.astype(np.float64)
+            yi = np.searchsorted(self.classes_, y)
+        if self.method == "knn":
+            self.train_ = xn
+            if self.class_norm:
+                self.train_labels_ = yi
+                dist, _ = self._kth_distance(xn, exclude_self=True)
+                scale = np.array([np.median(dist[yi == c]) for c in range(len(self.classes_))])
+                self.class_scale_ = np.maximum(scale, max(float(np.median(dist)), 1e-6) * 1e-3)
+        elif self.method in ("mahalanobis", "rmd"):
+            self.means_ = np.stack([xn[yi == c].mean(axis=0) for c in range(len(self.classes_))]).astype(np.float64)
+            cov = _covariance(xn.astype(np.float64) - self.means_[yi], self.shrinkage)
+            self.precision_ = np.linalg.pinv(cov, hermitian=True)
+            if self.method == "rmd":
+                self.global_mean_ = xn.mean(axis=0, dtype=np.float64)
+                cov0 = _covariance(xn.astype(np.float64) - self.global_mean_, self.shrinkage)
+                self.global_precision_ = np.linalg.pinv(cov0, hermitian=True)
+        elif self.method == "vim":
+            from sklearn.linear_model import LogisticRegression
+
+            if len(self.classes_) < 2:
+                raise ValueError("the vim novelty score needs at least two training classes")
+            lr = LogisticRegression(C=1.0, max_iter=2000).fit(xn, yi)
+            coef = lr.coef_ if len(self.classes_) > 2 else np.vstack([-lr.coef_, lr.coef_]) / 2
+            icpt = lr.intercept_ if len(self.classes_) > 2 else np.r_[-lr.intercept_, lr.intercept_] / 2
+            self.coef_, self.intercept_ = coef.astype(np.float64), icpt.astype(np.float64)
+            # origin: the point where all logits vanish (−W⁺b), as in Wang et al. 2022
+            self.origin_ = -np.linalg.pinv(self.coef_) @ self.intercept_
+            d = xn.shape[1]
+            dim = self.vim_dim if self.vim_dim is not None else max(1, d // 2)
+            dim = int(min(max(dim, 1), d - 1))
+            centred = xn.astype(np.float64) - self.origin_
+            _, _, vt = np.linalg.svd(centred, full_matrices=True)
+            self.residual_basis_ = vt[dim:].T  # (D, D - dim)
+            resid = np.linalg.norm(centred @ self.residual_basis_, axis=1)
+            logits = xn @ self.coef_.T + self.intercept_
+            self.alpha_ = float(logits.max(axis=1).mean() / max(resid.mean(), 1e-12))
         return self
 
     def score(self, x: np.ndarray | None = None, logits: np.ndarray | None = None) -> np.ndarray:
@@ -92,57 +222,124 @@ class NoveltyScorer:
             return energy_score(logits, self.temperature)
         if x is None:
             raise ValueError(f"the {self.method} novelty score needs embeddings")
-        x = l2_normalize(x)
+        if not hasattr(self, "mean_"):
+            raise RuntimeError("NoveltyScorer is not fitted: call fit() first")
+        xn = self._prep(x)
         if self.method == "knn":
-            sims, _ = self._knn.kneighbors(x, self.k)
-            return 1.0 - sims[:, -1].astype(np.float64)
-        d = x[:, None, :].astype(np.float64) - self.means_[None]  # (n, C, D)
-        m = np.einsum("ncd,de,nce->nc", d, self.precision_, d)
-        return m.min(axis=1)
+            dist, nearest = self._kth_distance(xn)
+            if self.class_norm:
+                dist = dist / self.class_scale_[self.train_labels_[nearest]]
+            return dist
+        if self.method in ("mahalanobis", "rmd"):
+            x64 = xn.astype(np.float64)
+            m = _sq_mahalanobis(x64, self.means_, self.precision_).min(axis=1)
+            if self.method == "rmd":
+                m = m - _sq_mahalanobis(x64, self.global_mean_[None], self.global_precision_)[:, 0]
+            return m
+        from scipy.special import logsumexp
+
+        x64 = xn.astype(np.float64)
+        resid = np.linalg.norm((x64 - self.origin_) @ self.residual_basis_, axis=1)
+        lg = x64 @ self.coef_.T + self.intercept_
+        return self.alpha_ * resid - logsumexp(lg, axis=1)
 
     def set_threshold(self, x_val: np.ndarray | None = None, logits_val: np.ndarray | None = None) -> float:
-        """Threshold accepting a fraction :attr:`tpr` of in-distribution validation images."""
+        """Threshold accepting a fraction :attr:`tpr` of held-out known-class images."""
         s = self.score(x_val, logits_val)
-        self.threshold_ = float(np.quantile(s, self.tpr, method="higher"))
+        self.threshold_ = threshold_at(s, self.tpr)
         return self.threshold_
 
     def is_novel(self, scores: np.ndarray) -> np.ndarray:
+        """Boolean flag per score: above :attr:`threshold_`."""
         if self.threshold_ is None:
             raise RuntimeError("NoveltyScorer threshold not set: call set_threshold() on validation data")
         return np.asarray(scores) > self.threshold_
 
+    def params(self) -> dict:
+        """Constructor parameters (plain values), e.g. to refit the same scorer."""
+        return {"method": self.method, "k": self.k, "tpr": self.tpr, "temperature": self.temperature,
+                "centre": self.centre, "normalise": self.normalise, "class_norm": self.class_norm, "shrinkage": self.shrinkage,
+                "vim_dim": self.vim_dim}
 
-def leave_one_class_out(x: np.ndarray, y: Sequence[str], methods: Sequence[str] = METHODS,
-                        test_size: float = 0.3, seed: int = 0, k: int = 10,
-                        tpr: float = 0.95) -> pd.DataFrame:
-    """AUROC (and FPR at the validation threshold) with each class held out as novel.
 
-    For each class *c*: the other classes are split (stratified, seeded) into train and test;
-    scorers are fitted on train (energy uses a :class:`LinearProbe` trained on it), the
-    threshold is set on the known-class test split (which therefore has TPR ≈ *tpr*), and
-    AUROC compares that split against every image of *c*.
+def threshold_at(known_scores: np.ndarray, tpr: float) -> float:
+    """Score below or at which a fraction *tpr* of *known_scores* lies (flag: ``score > t``)."""
+    s = np.asarray(known_scores, dtype=np.float64)
+    if s.size == 0:
+        raise ValueError("threshold: no known-class scores")
+    return float(np.quantile(s, tpr, method="higher"))
+
+
+def holdout_class_evaluation(x: np.ndarray, y: Sequence[str], methods: Sequence[str] = EMBEDDING_METHODS,
+                             test_size: float = 0.3, seed: int = 0, tpr: float = 0.95,
+                             scorer_kwargs: dict | None = None, logits_fn=None,
+                             min_classes: int = 2) -> pd.DataFrame:
+    """Each labelled class held out *entirely*: AUROC and flag rates at the operating point.
+
+    For each class *c*: the other classes are split (stratified, seeded) into train and
+    held-out known images; a scorer per method is fitted on train only; its threshold accepts
+    a fraction *tpr* of the held-out known images; the row reports ``auroc`` (held-out known vs
+    all images of *c*), ``novel_flagged`` (share of *c* above the threshold) and
+    ``known_flagged`` (share of held-out known images above it, ≈ 1 − tpr by construction).
+    Classes whose removal leaves fewer than *min_classes* known classes are skipped.
+    ``logits_fn(x_train, y_train) -> callable(x) -> logits`` supplies a head for ``"energy"``
+    (default: a :class:`~aqqua_geo.downstream.probes.LinearProbe`).
     """
     from sklearn.model_selection import train_test_split
 
     x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y)
+    y = np.asarray(y).astype(str)
+    kwargs = dict(scorer_kwargs or {})
     rows = []
     for held in np.unique(y):
         known = y != held
-        if len(np.unique(y[known])) < 2:
+        if len(np.unique(y[known])) < min_classes:
             continue
         xk, yk = x[known], y[known]
         x_tr, x_te, y_tr, _ = train_test_split(xk, yk, test_size=test_size, stratify=yk, random_state=seed)
         x_out = x[~known]
-        probe = LinearProbe().fit(x_tr, y_tr) if "energy" in methods else None
+        head = None
+        if "energy" in methods:
+            if logits_fn is None:
+                from aqqua_geo.downstream.probes import LinearProbe
+
+                probe = LinearProbe().fit(x_tr, y_tr)
+                head = probe.decision_function
+            else:
+                head = logits_fn(x_tr, y_tr)
         for method in methods:
-            scorer = NoveltyScorer(method, k=k, tpr=tpr).fit(x_tr, y_tr)
-            lg_te = probe.decision_function(x_te) if probe is not None else None
-            lg_out = probe.decision_function(x_out) if probe is not None else None
-            s_in = scorer.score(x_te, lg_te)
-            s_out = scorer.score(x_out, lg_out)
-            scorer.threshold_ = float(np.quantile(s_in, tpr, method="higher"))
+            scorer = NoveltyScorer(method, tpr=tpr, **kwargs).fit(x_tr, y_tr)
+            s_in = scorer.score(x_te, head(x_te) if method == "energy" else None)
+            s_out = scorer.score(x_out, head(x_out) if method == "energy" else None)
+            t = threshold_at(s_in, tpr)
             rows.append({"held_out": held, "method": method, "n_known": len(s_in), "n_novel": len(s_out),
-                         "auroc": auroc(s_in, s_out),
-                         "novel_detected": float(scorer.is_novel(s_out).mean())})
-    return pd.DataFrame(rows)
+                         "auroc": auroc(s_in, s_out), "novel_flagged": float((s_out > t).mean()),
+                         "known_flagged": float((s_in > t).mean())})
+    return pd.DataFrame(rows, columns=["held_out", "method", "n_known", "n_novel", "auroc",
+                                       "novel_flagged", "known_flagged"])
+
+
+def leave_one_class_out(x: np.ndarray, y: Sequence[str], methods: Sequence[str] = ("knn", "mahalanobis", "energy"),
+                        test_size: float = 0.3, seed: int = 0, k: int = 10, tpr: float = 0.95) -> pd.DataFrame:
+    """Backwards-compatible wrapper of :func:`holdout_class_evaluation` (adds ``novel_detected``)."""
+    res = holdout_class_evaluation(x, y, methods=methods, test_size=test_size, seed=seed, tpr=tpr,
+                                   scorer_kwargs={"k": k})
+    res["novel_detected"] = res["novel_flagged"]
+    return res
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and worst AUROC / flagged shares per method of a :func:`holdout_class_evaluation` table."""
+    g = table.groupby("method")
+    return pd.DataFrame({"auroc_mean": g["auroc"].mean(), "auroc_min": g["auroc"].min(),
+                         "novel_flagged_mean": g["novel_flagged"].mean(),
+                         "novel_flagged_min": g["novel_flagged"].min(),
+                         "known_flagged_mean": g["known_flagged"].mean()})
+
+
+def select_method(table: pd.DataFrame) -> str:
+    """Method with the highest mean share of unseen classes flagged (then mean AUROC)."""
+    if table.empty:
+        raise ValueError("select_method: empty held-out-class table")
+    s = summarise(table).sort_values(["novel_flagged_mean", "auroc_mean"], ascending=False)
+    return str(s.index[0])

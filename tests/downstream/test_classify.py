@@ -126,3 +126,55 @@ def test_rare_classes_grouped_to_parent_or_excluded():
     assert set(new[12:]) == {None}
     with pytest.raises(ValueError, match="strategy"):
         group_rare_classes(labels, strategy="merge")
+
+
+class _FixedLogits:
+    """A head whose logits are given (to test calibration decisions on known probabilities)."""
+
+    kind = "knn"
+
+    def __init__(self, logits, classes):
+        self._logits = np.asarray(logits, dtype=np.float64)
+        self.classes_ = np.asarray(classes)
+
+    def decision_function(self, x):
+        return self._logits[np.asarray(x, dtype=int)[:, 0]]
+
+
+def _knn_like_logits(n=200, seed=0):
+    """k-NN-style log vote shares: 90 % right at 0.9 confidence, 10 % wrong with p_true floored at 1e-8."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    p = np.full((n, 3), 1e-8)
+    wrong = np.arange(n) < n // 10
+    for i in range(n):
+        if wrong[i]:
+            p[i, (y[i] + 1) % 3] = 1.0
+        else:
+            p[i, y[i]] = 0.9
+            p[i, (y[i] + 1) % 3] = 0.1
+    return np.log(p), y
+
+
+def test_temperature_that_raises_ece_is_not_kept():
+    logits, y = _knn_like_logits()
+    classes = np.array(["a", "b", "c"])
+    bundle = ClassifierBundle(head=_FixedLogits(logits, classes))
+    rep = bundle.calibrate(np.arange(len(y))[:, None], classes[y])
+    assert rep["temperature_fitted"] > 2  # the NLL fit flattens the floored vote shares ...
+    assert rep["ece_fitted"] > rep["ece_before"]  # ... which raises the calibration error
+    assert not rep["kept"] and bundle.temperature == 1.0 and rep["ece_after"] == rep["ece_before"]
+    assert bundle.metrics["calibration"]["table"][1]["candidate"] == "fitted"
+    # ECE by hand: 180 rows at confidence 0.9 all right, 20 at confidence 1.0 all wrong
+    assert rep["ece_before"] == pytest.approx(0.9 * 0.1 + 0.1 * 1.0, rel=1e-6)
+
+
+def test_temperature_that_lowers_ece_is_kept():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(400, 4))
+    y = np.array([rng.choice(4, p=softmax(z[i : i + 1])[0]) for i in range(400)])  # calibrated at T=1
+    classes = np.array(["a", "b", "c", "d"])
+    bundle = ClassifierBundle(head=_FixedLogits(4.0 * z, classes))  # 4x overconfident
+    rep = bundle.calibrate(np.arange(400)[:, None], classes[y])
+    assert rep["kept"] and rep["ece_after"] < rep["ece_before"]
+    assert bundle.temperature == pytest.approx(rep["temperature_fitted"]) and 2.5 < bundle.temperature < 6
