@@ -18,6 +18,7 @@ _DATASETS = {
     "ne_110m_admin_0_countries": "ne_110m_admin_0_countries",
     "env": "env",
     "drago2022": "drago2022",
+    "poc_flux": "poc_flux",
 }
 
 

@@ -1,9 +1,12 @@
 """Dask scheduler selection for the mapping commands.
 
-``scheduler=None`` starts a ``LocalCluster`` (call it from under ``if __name__ == "__main__":``
-in scripts: worker processes re-import the main module); ``"threads"``/``"synchronous"`` use a
-local scheduler without a cluster; anything else is the address of a running scheduler
-(``tcp://host:8786``), e.g. one started by ``mapping/slurm_cluster.py``.
+``scheduler=None`` or ``"threads"`` use the local threaded scheduler: for jobs that fit in memory
+on one machine it is the fastest (a ``LocalCluster`` measured 2.6–4.7× slower on 2 cores:
+xgboost releases the GIL, so threads parallelise the prediction kernels without pickling models
+to worker processes). ``"synchronous"``/``"processes"`` are the other local schedulers;
+``"local"`` starts a ``LocalCluster`` (call it from under ``if __name__ == "__main__":`` in
+scripts: worker processes re-import the main module); anything else is the address of a
+running scheduler (``tcp://host:8786``), e.g. one started by ``mapping/slurm_cluster.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def dask_session(
     """
     import dask
 
+    scheduler = scheduler or "threads"
     if scheduler in LOCAL_SCHEDULERS:
         from dask.diagnostics import ProgressBar
 
@@ -42,7 +46,7 @@ def dask_session(
 
     from distributed import Client, LocalCluster
 
-    if scheduler:
+    if scheduler != "local":
         client = Client(scheduler)
         cluster = None
     else:

@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from aqqua_geo.mapping.model_selection import (
     DEFAULT_GRID,
+    log10_r2,
     regression_scores,
     search_hyperparameters,
     spatial_block_folds,
@@ -226,6 +227,8 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
         self.training_summary_ = {
             "n_samples": int(len(y_raw)), "y_mean": float(y_raw.mean()), "y_min": float(y_raw.min()),
             "y_max": float(y_raw.max()), "features": features,
+            "feature_min": [float(v) for v in np.nanmin(Xm, axis=0)],
+            "feature_max": [float(v) for v in np.nanmax(Xm, axis=0)],
             "data_sha1": hashlib.sha1(np.ascontiguousarray(Xm).tobytes() + yt.tobytes()).hexdigest()}
         return self
 
@@ -280,9 +283,10 @@ class BRTEnsemble(RegressorMixin, BaseEstimator):
             oof[te] = self._decode(b.inplace_predict(Xm[te]), s)
             per_fold.append(regression_scores(y_raw[te], oof[te])["r2"])
         ok = np.isfinite(oof)
+        self.oof_ = oof
         return {"scheme": self.cv, "n_splits": len(folds), "block_deg": self.block_deg,
                 "buffer_km": self.buffer_km, **regression_scores(y_raw[ok], oof[ok]),
-                "r2_per_fold": per_fold}
+                "r2_log10": log10_r2(y_raw[ok], oof[ok]), "r2_per_fold": per_fold}
 
     def fit_dask(self, X, y, client=None, features: Sequence[str] | None = None) -> "BRTEnsemble":
         """Fit members with ``xgboost.dask.DaskXGBRegressor`` on dask collections.

@@ -18,7 +18,7 @@ import pandas as pd
 
 from aqqua_geo.mapping.sphere import EARTH_RADIUS_KM
 
-__all__ = ["DEFAULT_GRID", "SearchResult", "quantile_bins", "regression_scores", "search_hyperparameters",
+__all__ = ["DEFAULT_GRID", "SearchResult", "log10_r2", "quantile_bins", "regression_scores", "search_hyperparameters",
            "spatial_block_cv", "spatial_block_folds", "spatial_blocks", "stratified_folds"]
 
 DEFAULT_GRID: dict[str, list] = {
@@ -117,6 +117,19 @@ def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float
         "pearson_r": float("nan") if const else float(pearsonr(y_true, y_pred)[0]),
         "spearman_rho": float("nan") if const else float(spearmanr(y_true, y_pred)[0]),
     }
+
+
+def log10_r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """R² of log10 values (1 − SSE/SST on log10 y), over the pairs where both are > 0; the
+    skill measure of quantities spanning orders of magnitude (fluxes, biomass). NaN if < 2 pairs."""
+    y_true = np.asarray(y_true, "f8")
+    y_pred = np.asarray(y_pred, "f8")
+    ok = (y_true > 0) & (y_pred > 0) & np.isfinite(y_true) & np.isfinite(y_pred)
+    if ok.sum() < 2:
+        return float("nan")
+    a, b = np.log10(y_true[ok]), np.log10(y_pred[ok])
+    sst = float(((a - a.mean()) ** 2).sum())
+    return float(1.0 - ((a - b) ** 2).sum() / sst) if sst > 0 else float("nan")
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ Also here: layer-integrated carbon stocks (Pg C) of concentration maps.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -56,11 +57,33 @@ def total_pg_c(conc_mg_m3: xr.DataArray, thickness_m: float) -> float:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Product:
-    """One mapped quantity: a fitted ensemble and its CF product kind (see ``cf.PRODUCTS``)."""
+    """One mapped quantity: a fitted ensemble, its CF product kind (see ``cf.PRODUCTS``), the
+    layer or horizon it describes and the skill floor it is judged against.
+
+    *depth_m*: ``[top, bottom]`` of a layer (m) or one depth (a flux horizon): a scalar CF depth
+    coordinate (with bounds for a layer). *skill_metric* (``"r2"``/``"r2_log10"``) of the
+    model's spatial-CV scores is compared with *min_skill*: below it the product is flagged
+    ``aqqua_skill_flag = "below_floor"`` in its attributes.
+    """
 
     model: BRTEnsemble
     kind: str = "biomass"
     group: str = ""
+    depth_m: float | Sequence[float] | None = None
+    skill_metric: str = "r2"
+    min_skill: float | None = None
+
+    def skill(self) -> float | None:
+        """The model's spatial-CV score named by ``skill_metric`` (None when not scored)."""
+        v = (self.model.cv_scores_ or {}).get(self.skill_metric)
+        return None if v is None else float(v)
+
+    def skill_flag(self) -> str:
+        """``"ok"``, ``"below_floor"`` or ``"not_scored"``."""
+        v = self.skill()
+        if v is None or not np.isfinite(v):
+            return "not_scored"
+        return "ok" if self.min_skill is None or v >= self.min_skill else "below_floor"
 
 
 def _as_products(models: BRTEnsemble | Mapping[str, Any]) -> dict[str, Product]:
@@ -111,12 +134,76 @@ def predict_lazy(models: BRTEnsemble | Mapping[str, Any], cube: xr.Dataset,
             _ensemble_block, *(fields[f] for f in prod.model.features_),
             kwargs={"model": prod.model}, output_core_dims=[["stat"]], dask="parallelized",
             output_dtypes=[np.float32], dask_gufunc_kwargs={"output_sizes": {"stat": 2}})
+        skill = _skill_attrs(prod)
         for i, stat in enumerate(("mean", "std")):
             da = stacked.isel(stat=i, drop=True)
-            da.attrs = cf.product_attrs(prod.kind, prod.group or name, stat)
+            da.attrs = {**cf.product_attrs(prod.kind, prod.group or name, stat,
+                                           n_members=len(prod.model.boosters_)), **skill}
             out[f"{name}_{stat}"] = da
+        flag = extrapolation_flag(prod.model, fields)
+        if flag is not None:
+            flag.attrs = cf.extrapolation_attrs(prod.group or name, prod.model.features_)
+            out[f"{name}_extrapolated"] = flag
     coords = {d: cube[d] for d in dims if d in cube.coords}
-    return xr.Dataset(out, coords=coords)
+    ds = xr.Dataset(out, coords=coords)
+    return _add_depth_coords(ds, products)
+
+
+def _skill_attrs(prod: Product) -> dict[str, Any]:
+    v = prod.skill()
+    attrs: dict[str, Any] = {"aqqua_skill_metric": f"spatial-block CV {prod.skill_metric}",
+                             "aqqua_skill_flag": prod.skill_flag()}
+    if v is not None:
+        attrs["aqqua_skill"] = float(v)
+    if prod.min_skill is not None:
+        attrs["aqqua_skill_floor"] = float(prod.min_skill)
+    return attrs
+
+
+def extrapolation_flag(model: BRTEnsemble, fields: Mapping[str, xr.DataArray]) -> xr.DataArray | None:
+    """1 where any predictor lies outside the range it had in the training data, 0 inside,
+    -1 where a predictor is missing (land); None for models saved without training ranges."""
+    lo = model.training_summary_.get("feature_min")
+    hi = model.training_summary_.get("feature_max")
+    if lo is None or hi is None:
+        return None
+    outside = None
+    valid = None
+    for f, a, b in zip(model.features_, lo, hi):
+        x = fields[f]
+        o = (x < a) | (x > b)
+        outside = o if outside is None else outside | o
+        v = np.isfinite(x)
+        valid = v if valid is None else valid & v
+    return xr.where(valid, outside.astype("i1"), -1).astype("i1")
+
+
+def _depth_name(depth_m: Any) -> str:
+    if isinstance(depth_m, (list, tuple)):
+        return f"depth_{depth_m[0]:g}_{depth_m[1]:g}m".replace(".", "p")
+    return f"depth_{float(depth_m):g}m".replace(".", "p")
+
+
+def _add_depth_coords(ds: xr.Dataset, products: Mapping[str, Product]) -> xr.Dataset:
+    """A scalar CF depth coordinate per layer/horizon (bounds for layers), named by each
+    product variable's ``coordinates`` encoding."""
+    for name, prod in products.items():
+        if prod.depth_m is None:
+            continue
+        cname = _depth_name(prod.depth_m)
+        if cname not in ds.coords:
+            layer = isinstance(prod.depth_m, (list, tuple))
+            value = (float(prod.depth_m[0]) + float(prod.depth_m[1])) / 2 if layer else float(prod.depth_m)
+            attrs = {"standard_name": "depth", "long_name": "depth below sea surface", "units": "m",
+                     "positive": "down", "axis": "Z"}
+            if layer:
+                attrs["bounds"] = f"{cname}_bnds"
+                ds = ds.assign_coords({f"{cname}_bnds": ("bnds", np.asarray(prod.depth_m, "f8"))})
+            ds = ds.assign_coords({cname: ((), value, attrs)})
+        for v in (f"{name}_mean", f"{name}_std", f"{name}_extrapolated"):
+            if v in ds:
+                ds[v].attrs["aqqua_depth_coordinate"] = cname
+    return ds
 
 
 def _provenance(products: dict[str, Product], config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -166,6 +253,7 @@ def predict_to_zarr(
     title: str = "aqqua-geo plankton habitat-model maps",
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    extra_attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Predict *models* over *cube* lazily and write a CF-1.10 Zarr store at *out_path*.
 
@@ -179,6 +267,11 @@ def predict_to_zarr(
     max_regions : stop after writing this many regions (time-limited jobs); call again to go on.
     netcdf_path : also write a compressed NetCDF copy once the Zarr store is complete.
     config : run configuration recorded in the attributes (its hash guards resuming).
+    extra_attrs : more global attributes (ACDD summary, keywords, licence ...).
+
+    The template is written under a temporary name and renamed into place, so a store under
+    *out_path* always has its full metadata: a job killed at any moment can be resumed. The
+    finished store's metadata are consolidated.
 
     Returns the Zarr path. ``ds.attrs["aqqua_complete"]`` is ``"true"`` once every region is in.
     """
@@ -190,9 +283,16 @@ def predict_to_zarr(
     ds = cf.add_coord_attrs(ds)
     prov = _provenance(products, config)
     ds.attrs = cf.global_attrs(title, f"aqqua map predict -> {out_path.name}",
-                               extra={**prov, "aqqua_complete": "false"})
+                               extra={**cf.coverage_attrs(ds), **dict(extra_attrs or {}), **prov,
+                                      "aqqua_complete": "false"})
     for v in ds.data_vars:
-        ds[v].encoding = {"chunks": tuple(c[0] for c in ds[v].chunks)}
+        enc: dict[str, Any] = {"chunks": tuple(c[0] for c in ds[v].chunks),
+                               "coordinates": ds[v].attrs.pop("aqqua_depth_coordinate", None)}
+        if ds[v].dtype == np.int8:
+            enc["_FillValue"] = np.int8(-1)
+        ds[v].encoding = enc
+    for c in ds.coords:  # coordinates and bounds never hold missing values
+        ds[c].encoding = {"_FillValue": None}
 
     markers = out_path.with_name(out_path.name + PROGRESS_SUFFIX)
     if out_path.exists():
@@ -202,13 +302,13 @@ def predict_to_zarr(
         elif not resume:
             raise FileExistsError(f"{out_path} exists; pass resume=True or overwrite=True")
         else:
-            old = xr.open_zarr(out_path, consolidated=False).attrs
+            old = open_product(out_path).attrs
             if old.get("aqqua_config_hash") != prov["aqqua_config_hash"]:
                 raise ValueError(f"{out_path} was written with another model/config "
                                  f"(hash {old.get('aqqua_config_hash')}); use overwrite=True")
     if not out_path.exists():
-        ds.to_zarr(out_path, mode="w", compute=False, consolidated=False)
-    complete = xr.open_zarr(out_path, consolidated=False).attrs.get("aqqua_complete") == "true"
+        _write_template(ds, out_path)
+    complete = open_product(out_path).attrs.get("aqqua_complete") == "true"
     if complete:
         if netcdf_path is not None:
             write_netcdf(out_path, netcdf_path)
@@ -235,6 +335,7 @@ def predict_to_zarr(
     if done == len(regions):
         group = zarr.open_group(str(out_path), mode="r+")
         group.attrs["aqqua_complete"] = "true"
+        _consolidate(out_path)
         shutil.rmtree(markers)  # completion now lives in the store's attributes
         if netcdf_path is not None:
             write_netcdf(out_path, netcdf_path)
@@ -247,9 +348,34 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="map regions", unit="region", disable=not enabled)
 
 
+def _write_template(ds: xr.Dataset, out_path: Path) -> None:
+    """Metadata and coordinates of the store, written under a temporary name, then renamed:
+    *out_path* never exists half-written (a kill leaves only ``<out>.template-*``, removed by
+    the next call)."""
+    for stale in out_path.parent.glob(f"{out_path.name}.template-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out_path.with_name(f"{out_path.name}.template-{os.getpid()}")
+    ds.to_zarr(tmp, mode="w", compute=False, consolidated=False)
+    os.replace(tmp, out_path)
+
+
+def _consolidate(path: Path) -> None:
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():  # zarr 3: consolidated metadata are not yet in the v3 spec
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
 def open_product(path: str | Path) -> xr.Dataset:
-    """Open a product store written by :func:`predict_to_zarr`."""
-    return xr.open_zarr(path, consolidated=False)
+    """Open a product store written by :func:`predict_to_zarr` (consolidated once complete)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "failed to open consolidated": in progress
+        return xr.open_zarr(path, consolidated=None)
 
 
 def write_netcdf(zarr_path: str | Path, netcdf_path: str | Path) -> Path:
@@ -257,7 +383,15 @@ def write_netcdf(zarr_path: str | Path, netcdf_path: str | Path) -> Path:
     ds = open_product(zarr_path)
     if ds.attrs.get("aqqua_complete") != "true":
         raise ValueError(f"{zarr_path} is incomplete (aqqua_complete != 'true'); finish it first")
-    enc = {v: {"zlib": True, "complevel": 4, "_FillValue": np.float32(np.nan)} for v in ds.data_vars}
+    enc: dict[str, dict[str, Any]] = {}
+    for v in ds.data_vars:
+        enc[v] = {"zlib": True, "complevel": 4, "_FillValue": np.float32(np.nan), "dtype": "f4"}
+        if "flag_values" in ds[v].attrs:  # extrapolation flags: int8, -1 = no prediction
+            enc[v] = {"zlib": True, "complevel": 4, "_FillValue": np.int8(-1), "dtype": "i1"}
+        if ds[v].encoding.get("coordinates"):
+            enc[v]["coordinates"] = ds[v].encoding["coordinates"]
+    for c in ds.coords:
+        enc[c] = {"_FillValue": None}
     netcdf_path = Path(netcdf_path)
     tmp = netcdf_path.with_suffix(netcdf_path.suffix + ".part")
     ds.to_netcdf(tmp, encoding=enc, engine="netcdf4")

@@ -34,9 +34,16 @@ def test_cell_table_community():
     cells = dr.cell_table(dr.open_bundled_observations())
     assert len(cells) == 892 and "Copepoda_refit" not in cells.columns
     taxa = [c for c in cells.columns if c[0].isupper()]
-    np.testing.assert_allclose(cells["total_biomass"], cells[taxa].sum(axis=1), rtol=1e-6)
+    parts = dr.additive_taxa(taxa)
+    assert "Rhizaria" not in parts and "Cnidaria" not in parts and "Phaeodaria" in parts
+    assert len(parts) == len(taxa) - 2
+    np.testing.assert_allclose(cells["total_biomass"], cells[parts].sum(axis=1), rtol=1e-6)
+    # Rhizaria is the sum of its subgroups (so adding both would double count it)
+    rh = cells[list(dr.HIERARCHY["Rhizaria"])].sum(axis=1)
+    assert float((cells["Rhizaria"] - rh).abs().max()) < 0.12
+    assert cells["total_biomass"].sum() < 0.9 * cells[taxa].sum(axis=1).sum()
     ok = cells["total_biomass"] > 0
-    assert cells.loc[ok, "shannon_biomass"].between(0, np.log(len(taxa))).all()
+    assert cells.loc[ok, "shannon_biomass"].between(0, np.log(len(parts))).all()
 
 
 def test_table_to_grid_places_cells():

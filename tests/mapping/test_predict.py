@@ -162,7 +162,7 @@ def test_predict_to_zarr_on_a_distributed_cluster_equals_threads(model, tmp_path
     kw = {"chunks": {"lat": 12, "lon": 36}, "progress": False}
     with dask_session("threads", progress=False):
         ref = P.open_product(P.predict_to_zarr(model, cube, tmp_path / "t.zarr", **kw)).load()
-    with dask_session(None, processes=False, n_workers=1, threads_per_worker=2, progress=False) as client:
+    with dask_session("local", processes=False, n_workers=1, threads_per_worker=2, progress=False) as client:
         assert client is not None
         out = P.predict_to_zarr(model, cube, tmp_path / "d.zarr", **kw)
     xr.testing.assert_identical(P.open_product(out).load().drop_attrs(), ref.drop_attrs())
