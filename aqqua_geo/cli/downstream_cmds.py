@@ -38,9 +38,22 @@ class Rare(str, Enum):
 
 
 class Novelty(str, Enum):
+    auto = "auto"
     knn = "knn"
     mahalanobis = "mahalanobis"
+    rmd = "rmd"
+    vim = "vim"
     energy = "energy"
+
+
+class NovelCarbon(str, Enum):
+    size = "size"
+    nan = "nan"
+
+
+class Colonies(str, Enum):
+    nan = "nan"
+    whole = "whole"
 
 
 class Weighting(str, Enum):
@@ -67,6 +80,11 @@ def predict(model: Model, store: Store, out: Out,
             top_k: Annotated[int, typer.Option(help="Classes listed per image.", min=1)] = 3,
             chunk_size: ChunkSize = 256, max_tokens: MaxTokens = 4096, device: Device = "cpu",
             overwrite: bool = typer.Option(False, help="Discard an existing output."),
+            novel_carbon: Annotated[NovelCarbon, typer.Option(
+                help="Carbon of objects flagged novel: class-free size relation (flagged) or NaN.")] = NovelCarbon.size,
+            colonies: Annotated[Colonies, typer.Option(
+                help="Colonies without a cell count: NaN carbon, or the relation on the whole volume "
+                     "(flagged).")] = Colonies.nan,
             threads: Threads = None) -> None:
     """Embeddings + OUT/predictions.parquet (classes, novelty, traits, carbon); resumable."""
     _set_threads(threads)
@@ -75,7 +93,8 @@ def predict(model: Model, store: Store, out: Out,
     from aqqua_geo.downstream.inference import predict_store
 
     path = predict_store(model, store, out, classifier, top_k=top_k, chunk_size=chunk_size,
-                         max_tokens_per_batch=max_tokens, device=device, overwrite=overwrite)
+                         max_tokens_per_batch=max_tokens, device=device, overwrite=overwrite,
+                         novel_carbon=novel_carbon.value, colonies=colonies.value)
     df = pd.read_parquet(path, columns=["pred_label", "is_novel"])
     typer.echo(f"predictions: {path} ({len(df)} objects)")
     if df["pred_label"].notna().any():
@@ -93,8 +112,9 @@ def finetune(model: Model, store: Store, out: Out,
              k: Annotated[int, typer.Option(help="Neighbours (knn mode).", min=1)] = 20,
              min_count: Annotated[int, typer.Option(help="Classes with fewer examples are rare.")] = 10,
              rare: Annotated[Rare, typer.Option(help="Rare classes → other_<parent>, or dropped.")] = Rare.group,
-             novelty: Annotated[Novelty, typer.Option(help="Novelty score thresholded at 95% TPR on "
-                                                          "validation.")] = Novelty.knn,
+             novelty: Annotated[Novelty, typer.Option(help="Novelty score, thresholded to accept 95% of "
+                                                          "validation images; auto: the method that flags "
+                                                          "most of each class held out of training.")] = Novelty.auto,
              val_fraction: float = 0.2, seed: int = 0, device: Device = "cpu",
              threads: Threads = None) -> None:
     """Train a species classifier on a store's labels; writes OUT/classifier.joblib."""
@@ -118,7 +138,14 @@ def finetune(model: Model, store: Store, out: Out,
     cal = m["calibration"]
     typer.echo(f"classifier: {clf}  ({len(bundle.classes)} classes, n_train={m['n_train']}, n_val={m['n_val']})")
     typer.echo(f"validation top-1 {m['val_top1']:.3f}, balanced accuracy {m['val_balanced_accuracy']:.3f}")
-    typer.echo(f"calibration: T={cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
+    typer.echo(f"calibration: fitted T={cal['temperature_fitted']:.3f} "
+               f"{'kept' if cal['kept'] else 'not kept (it raised the ECE)'}; validation ECE "
+               f"{cal['ece_before']:.3f} without, {cal['ece_fitted']:.3f} with it -> {cal['ece_after']:.3f}")
+    nov = m.get("novelty", {})
+    typer.echo(f"novelty: {nov.get('method')} (requested {nov.get('requested')})")
+    for r in nov.get("summary", []):
+        typer.echo(f"  {r['method']}: classes held out of training: mean AUROC {r['auroc_mean']:.3f}, "
+                   f"mean flagged {r['novel_flagged_mean']:.2f} at {r['known_flagged_mean']:.2f} of known flagged")
     for r in m.get("rare_classes", []):
         if r["action"] != "kept":
             typer.echo(f"rare class {r['label']!r} (n={r['n']}): {r['action']} -> {r['new_label']}")

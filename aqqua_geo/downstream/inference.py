@@ -3,6 +3,10 @@
 Embeddings come from :func:`aqqua_geo.foundation.embed.embed_store` (``OUT/embeddings.zarr``).
 ``predict_store`` adds ``OUT/predictions.parquet`` keyed by ``object_id`` with the columns of
 the interface contract (top-k classes, calibrated probabilities, novelty, traits, carbon).
+An object flagged ``is_novel`` keeps its top-k classes (for the expert) but its carbon comes from
+the class-free size relation of :func:`~aqqua_geo.downstream.carbon.estimate_carbon`
+(``carbon_flag = "novel"``), or is NaN with ``novel_carbon="nan"``; :func:`aggregate
+<aqqua_geo.mapping.samples.aggregate>` and the EcoTaxa export treat it apart.
 Every chunk is first written as ``OUT/predictions.parts/part-NNNNN.parquet`` (atomically), so
 prediction resumes chunk by chunk too; the parts are merged and removed at the end.
 """
@@ -22,9 +26,10 @@ from aqqua_geo.foundation.embed import embed_store
 
 PREDICTIONS = "predictions.parquet"
 TRAIT_COLUMNS = ("area_um2", "esd_um", "major_um", "minor_um", "biovolume_um3")
-CARBON_COLUMNS = ("carbon_ugC", "carbon_group", "carbon_relation")
+CARBON_COLUMNS = ("carbon_ugC", "carbon_lo_ugC", "carbon_hi_ugC", "carbon_group", "carbon_relation", "carbon_flag")
 PREDICTION_UNITS = {"area_um2": "um2", "esd_um": "um", "major_um": "um", "minor_um": "um",
-                    "biovolume_um3": "um3", "carbon_ugC": "ugC", "pred_prob": "1", "novelty_score": "1"}
+                    "biovolume_um3": "um3", "carbon_ugC": "ugC", "carbon_lo_ugC": "ugC", "carbon_hi_ugC": "ugC",
+                    "pred_prob": "1", "novelty_score": "1"}
 
 
 def predictions_frame(object_ids: list[str], embeddings: np.ndarray | None, traits: pd.DataFrame,
@@ -84,11 +89,15 @@ def _parquet_fingerprint(path: Path) -> str | None:
 def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | Path,
                   classifier: str | Path | ClassifierBundle | None = None, *, top_k: int = 3,
                   chunk_size: int = 256, max_tokens_per_batch: int = 4096, device: str = "cpu",
-                  overwrite: bool = False, progress: bool = True) -> Path:
+                  overwrite: bool = False, progress: bool = True, novel_carbon: str = "size",
+                  colonies: str = "nan") -> Path:
     """Embeddings + ``OUT/predictions.parquet`` for every image of a store; resumable.
 
     Without a *classifier* the label, probability and novelty columns are null and carbon
     uses the size-only relation of :func:`~aqqua_geo.downstream.carbon.estimate_carbon`.
+    *novel_carbon* (``"size"`` or ``"nan"``) is the carbon of objects flagged novel and
+    *colonies* (``"nan"`` or ``"whole"``) that of colonies without a cell count (see
+    :func:`~aqqua_geo.downstream.carbon.estimate_carbon`).
     """
     from tqdm.auto import tqdm
 
@@ -96,6 +105,10 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
     from aqqua_geo.downstream.traits import measure_many
     from aqqua_geo.store import AqquaStore
 
+    if novel_carbon not in ("size", "nan"):
+        raise ValueError(f"novel_carbon must be 'size' or 'nan', got {novel_carbon!r}")
+    if colonies not in ("nan", "whole"):
+        raise ValueError(f"colonies must be 'nan' or 'whole', got {colonies!r}")
     out_dir = Path(out_dir)
     bundle = ClassifierBundle.load(classifier) if isinstance(classifier, (str, Path)) else classifier
     model_sha = file_sha256(model_path)
@@ -113,7 +126,8 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
     ids = store.object_ids
     pixel_sizes = store.metadata["pixel_size_um"].to_numpy(dtype=np.float64)
     group = zarr.open_group(zarr_path, mode="r")
-    fingerprint = {**group.attrs["aqqua_fingerprint"], "top_k": top_k,
+    fingerprint = {**group.attrs["aqqua_fingerprint"], "top_k": top_k, "novel_carbon": novel_carbon,
+                   "colonies": colonies,
                    "classifier": None if bundle is None else json.loads(bundle.summary())}
     final = out_dir / PREDICTIONS
     parts = out_dir / "predictions.parts"
@@ -140,7 +154,9 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
             images = store.get_many(range(lo, hi))
             traits = measure_many(images, list(pixel_sizes[lo:hi]))
             df = predictions_frame(ids[lo:hi], np.asarray(group["embedding"][lo:hi]), traits, bundle, top_k)
-            carbon = estimate_carbon(pd.concat([df[["pred_label"]], traits], axis=1), label_col="pred_label")
+            carbon = estimate_carbon(pd.concat([df[["pred_label", "is_novel"]], traits], axis=1),
+                                     label_col="pred_label", novel_col="is_novel", novel=novel_carbon,
+                                     colonies=colonies)
             for col in CARBON_COLUMNS:
                 df[col] = carbon[col].to_numpy()
             _write_parquet_atomic(df, part)

@@ -137,7 +137,8 @@ def test_predict_store_columns_and_classifier(tiny_setup, tmp_path):
     df = pd.read_parquet(path)
     expected = ["object_id", "pred_label", "pred_prob", "top1_label", "top1_prob", "top2_label", "top2_prob",
                 "top3_label", "top3_prob", "novelty_score", "is_novel", "area_um2", "esd_um", "major_um",
-                "minor_um", "biovolume_um3", "carbon_ugC", "carbon_group", "carbon_relation"]
+                "minor_um", "biovolume_um3", "carbon_ugC", "carbon_lo_ugC", "carbon_hi_ugC", "carbon_group",
+                "carbon_relation", "carbon_flag"]
     assert list(df.columns) == expected
     assert list(df["object_id"]) == AqquaStore(store_dir).object_ids
     assert (df["pred_label"] == df["top1_label"]).all()
@@ -147,6 +148,13 @@ def test_predict_store_columns_and_classifier(tiny_setup, tmp_path):
     living = df["carbon_group"] != "not_living"  # bubbles carry no carbon
     assert (df.loc[living, "carbon_ugC"] > 0).all() and df.loc[~living, "carbon_ugC"].isna().all()
     assert df["is_novel"].dtype == bool
+    # flagged objects: class-free carbon, flagged; the others keep their class's relation
+    novel = df["is_novel"].to_numpy()
+    assert (df.loc[novel, "carbon_flag"] == "novel").all() and (df.loc[novel, "carbon_group"] == "unknown").all()
+    assert (df.loc[~novel, "carbon_flag"] != "novel").all()
+    assert (df["carbon_lo_ugC"].dropna() <= df["carbon_ugC"].dropna()).all()
+    assert bundle.metrics["novelty"]["method"] in {"knn", "mahalanobis", "rmd", "vim"}
+    assert {"ece_before", "ece_fitted", "ece_after", "kept"} <= set(bundle.metrics["calibration"])
     assert not (tmp_path / "out" / "predictions.parts").exists()
     # classifier trained on another backbone is refused before anything is written
     from aqqua_geo.foundation.vit import build_backbone, save_backbone
@@ -155,6 +163,21 @@ def test_predict_store_columns_and_classifier(tiny_setup, tmp_path):
     with pytest.raises(ValueError, match="trained on embeddings of backbone"):
         predict_store(other, store_dir, tmp_path / "out2", tmp_path / "clf.joblib", progress=False)
     assert not (tmp_path / "out2").exists()
+
+
+def test_novel_objects_get_nan_carbon_on_request(tiny_setup, tmp_path):
+    from aqqua_geo.downstream.classify import train_classifier
+    from aqqua_geo.downstream.inference import predict_store
+
+    model_path, store_dir = tiny_setup
+    bundle = train_classifier(model_path, store_dir, tmp_path / "clf.joblib", kind="knn", k=5,
+                              min_count=2, val_fraction=0.25)
+    bundle.novelty.threshold_ = -np.inf  # flag everything
+    df = pd.read_parquet(predict_store(model_path, store_dir, tmp_path / "out", bundle, progress=False,
+                                       novel_carbon="nan"))
+    assert df["is_novel"].all() and df["carbon_ugC"].isna().all() and (df["carbon_flag"] == "novel").all()
+    with pytest.raises(ValueError, match="novel_carbon"):
+        predict_store(model_path, store_dir, tmp_path / "out2", bundle, progress=False, novel_carbon="zero")
 
 
 def test_predict_without_classifier_has_null_labels(tiny_setup, tmp_path):
