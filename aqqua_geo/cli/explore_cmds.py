@@ -30,6 +30,9 @@ def explore(
     export_dir: Path = typer.Option(Path("explore_exports"), "--export-dir", file_okay=False,
                                     help="Server mode: where selection exports (CSV, EcoTaxa) are written."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+    allow_host: Optional[list[str]] = typer.Option(None, "--allow-host",
+                                                   help="Server mode: another host name the page is reached by "
+                                                        "(Host header; local names are always allowed)."),
 ) -> None:
     """Explore the embedding space: 2-D map of all objects, their images, metadata and predictions."""
     from aqqua_geo.explore.app import Explorer
@@ -69,7 +72,7 @@ def explore(
             webbrowser.open(url)
 
     try:
-        serve(ex, host=host, port=port, export_dir=export_dir, on_ready=ready)
+        serve(ex, host=host, port=port, export_dir=export_dir, on_ready=ready, allowed_hosts=allow_host or ())
     except OSError as err:  # port taken, host not local…
         typer.echo(f"error: cannot listen on {host}:{port} ({err.strerror or err}); try --port 0", err=True)
         raise typer.Exit(2) from None

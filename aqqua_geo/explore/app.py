@@ -139,7 +139,7 @@ class Explorer:
         stem = name or f"selection-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{len(frame)}"
         csv_path = _free_path(out_dir / f"{stem}.csv")
         tmp = csv_path.with_suffix(".csv.part")
-        frame.to_csv(tmp, index=False)
+        neutralise_formulas(frame).to_csv(tmp, index=False)
         tmp.replace(csv_path)
         result: dict[str, Any] = {"n": len(frame), "csv": str(csv_path), "ecotaxa": None, "ecotaxa_error": None}
         from aqqua_geo.export.ecotaxa import write_ecotaxa
@@ -152,6 +152,23 @@ class Explorer:
             log.exception("EcoTaxa export of %d objects failed", len(frame))
             result["ecotaxa_error"] = f"{type(err).__name__}: {err}"
         return result
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of *frame* whose text cells cannot run as spreadsheet formulas.
+
+    A text cell starting with ``= + - @`` (or tab / carriage return, or their full-width
+    forms) is prefixed with an apostrophe, as OWASP recommends against CSV injection:
+    spreadsheets then show it as text. Numbers are not touched (``-24.4`` stays a number).
+    """
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return out
 
 
 def _free_path(path: Path) -> Path:

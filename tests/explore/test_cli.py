@@ -78,7 +78,11 @@ def test_cli_server_port_zero_prints_the_url(explore_data, tmp_path):
             header, _ = decode_points(r.read())
         assert header["object_ids"] == explore_data["ids"]
         body = json.dumps({"object_ids": explore_data["ids"][:2]}).encode()
-        req = urllib.request.Request(url + "api/export", data=body, method="POST")
+        with urllib.request.urlopen(url, timeout=20) as r:  # the page carries the per-page token
+            page = r.read().decode()
+        token = json.loads(page.split("window.AQQUA_TOKEN = ", 1)[1].split(";", 1)[0])
+        req = urllib.request.Request(url + "api/export", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "X-Aqqua-Token": token})
         with urllib.request.urlopen(req, timeout=60) as r:
             assert json.loads(r.read())["n"] == 2
         assert len(list((tmp_path / "exports").glob("*.csv"))) == 1

@@ -26,8 +26,11 @@ def _get(url: str) -> tuple[int, str, bytes]:
         return err.code, err.headers["Content-Type"], err.read()
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+def _post(url: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["X-Aqqua-Token"] = token
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -87,7 +90,7 @@ def test_coastlines_endpoint(server):
 
 def test_export_endpoint_writes_the_selected_ids(server, explore_data):
     ids = explore_data["ids"][3:9]
-    status, result = _post(server.url + "api/export", json.dumps({"object_ids": ids}).encode())
+    status, result = _post(server.url + "api/export", json.dumps({"object_ids": ids}).encode(), server.token)
     assert status == 200 and result["n"] == 6 and result["ecotaxa_error"] is None
     assert pd.read_csv(result["csv"])["object_id"].tolist() == ids
     # the EcoTaxa import bundle beside it: TSV (header + [t]/[f] type row) + one image per object
@@ -107,6 +110,6 @@ def test_export_endpoint_writes_the_selected_ids(server, explore_data):
 ])
 def test_export_endpoint_rejects_bad_requests(server, body, message):
     before = sorted(server.export_dir.glob("*"))
-    status, result = _post(server.url + "api/export", body)
+    status, result = _post(server.url + "api/export", body, server.token)
     assert status == 400 and result["error"].startswith(message)
     assert sorted(server.export_dir.glob("*")) == before

@@ -382,7 +382,8 @@
     const result = { download: name, n: S.nSelected, server: null };
     if (MODE === "server") {
       $("export-status").textContent = `exporting ${S.nSelected} objects (CSV + EcoTaxa)…`;
-      const r = await fetch("/api/export", { method: "POST", headers: { "Content-Type": "application/json" },
+      const r = await fetch("/api/export", { method: "POST",
+        headers: { "Content-Type": "application/json", "X-Aqqua-Token": window.AQQUA_TOKEN || "" },
         body: JSON.stringify({ object_ids: selectedIds() }) });
       result.server = await r.json();
       if (!r.ok) result.error = result.server.error;
