@@ -199,25 +199,22 @@ class ClassifierBundle:
         return np.searchsorted(self.classes, y)
 
     def save(self, path: str | Path) -> Path:
-        """Write the bundle as one joblib file (atomic: temp file then rename)."""
-        import joblib
+        """Write the bundle as one pickle-free file (JSON + arrays in a zip, atomic), see
+        :mod:`aqqua_geo.downstream.bundle_io`."""
+        from aqqua_geo.downstream import bundle_io
 
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            joblib.dump({"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
-                     "head": self.head, "temperature": self.temperature,
-                     "embedding": self.embedding, "label_map": self.label_map,
-                     "novelty": self.novelty, "metrics": self.metrics}, tmp)
-        return path
+        return bundle_io.save_bundle(path, {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
+                                            "head": self.head, "temperature": self.temperature,
+                                            "embedding": self.embedding, "label_map": self.label_map,
+                                            "novelty": self.novelty, "metrics": self.metrics})
 
     @classmethod
     def load(cls, path: str | Path) -> ClassifierBundle:
-        import joblib
+        """Read a bundle; nothing in the file runs (pickles and unknown types are refused)."""
+        from aqqua_geo.downstream import bundle_io
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"classifier file not found: {path}")
-        obj = joblib.load(path)
+        obj = bundle_io.load_bundle(path)
         if not isinstance(obj, dict) or obj.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{path} is not an aqqua classifier file (format {BUNDLE_FORMAT!r})")
         return cls(head=obj["head"], temperature=obj["temperature"], embedding=obj["embedding"],
