@@ -7,9 +7,9 @@ GSD). The same organism imaged at 0.3 µm/px and at 70 µm/px then receives the 
 the same physical point, so the model sees absolute size, which is a key taxonomic cue in
 plankton and the basis of trait estimates.
 
-``learned`` (ablation): a learned grid, resampled bicubically to each image's patch grid
-(timm's ``dynamic_img_size`` behaviour, via ``timm.layers.resample_abs_pos_embed``); it
-encodes relative position only, like an ImageNet ViT.
+``learned``: a learned grid, interpolated bicubically to each image's patch grid exactly as
+DINOv2 does; it encodes relative position only, like an ImageNet ViT. ``learned+physical``:
+both, the µm code behind a zero-initialised gain (warm starts from public weights).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from aqqua_geo._compat import import_timm
 from aqqua_geo.foundation.packing import PackedBatch
 
 
@@ -63,36 +62,63 @@ class PhysicalPosEmbed(nn.Module):
 
 
 class LearnedPosEmbed(nn.Module):
-    """Learned ``grid × grid`` table resampled (bicubic) to every image's own patch grid."""
+    """Learned ``grid × grid`` table interpolated to every image's own patch grid, as DINOv2.
 
-    def __init__(self, embed_dim: int, grid: int) -> None:
+    The interpolation is DINOv2's ``interpolate_pos_encoding``: bicubic with
+    ``scale_factor = (g + 0.1) / grid`` per axis (no antialiasing), and the table itself at
+    the native grid, so public DINOv2 weights give the public model's tokens. With
+    ``physical_ref_um`` the µm code of :class:`PhysicalPosEmbed` is added through a
+    per-channel gain initialised to zero (``pos_embed: learned+physical``): a warm-started
+    model starts exactly at the public model and can learn to use physical size.
+    """
+
+    def __init__(self, embed_dim: int, grid: int, physical_ref_um: float | None = None) -> None:
         super().__init__()
         self.grid = grid
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.physical = None if physical_ref_um is None else PhysicalPosEmbed(embed_dim, physical_ref_um)
+        self.physical_gain = None if physical_ref_um is None else nn.Parameter(torch.zeros(embed_dim))
+
+    def resampled(self, gh: int, gw: int) -> Tensor:
+        """``(gh·gw, D)`` table for a ``gh × gw`` grid."""
+        if (gh, gw) == (self.grid, self.grid):
+            return self.pos_embed[0]
+        table = self.pos_embed.float().reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        out = nn.functional.interpolate(
+            table, scale_factor=((gh + 0.1) / self.grid, (gw + 0.1) / self.grid), mode="bicubic")
+        if tuple(out.shape[-2:]) != (gh, gw):  # floor((g + 0.1)) == g: cannot happen, but say so
+            raise RuntimeError(f"position table resampled to {tuple(out.shape[-2:])}, expected {(gh, gw)}")
+        return out.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(self.pos_embed.dtype)
 
     def forward(self, packed: PackedBatch) -> Tensor:
         """``(T, D)`` embedding of every real patch token, image-major."""
-        resample = import_timm().layers.resample_abs_pos_embed
         cache: dict[tuple[int, int], Tensor] = {}
         per_image = []
         for gh, gw in packed.grid_hw.tolist():
             if (gh, gw) not in cache:
-                if (gh, gw) == (self.grid, self.grid):
-                    cache[gh, gw] = self.pos_embed[0]
-                else:
-                    cache[gh, gw] = resample(
-                        self.pos_embed, new_size=[gh, gw], old_size=[self.grid, self.grid],
-                        num_prefix_tokens=0, interpolation="bicubic", antialias=True,
-                    )[0]
+                cache[gh, gw] = self.resampled(gh, gw)
             per_image.append(cache[gh, gw])
-        return torch.cat(per_image)
+        out = torch.cat(per_image)
+        if self.physical is not None:
+            out = out + self.physical_gain * self.physical(packed).to(out.dtype)
+        return out
 
 
-def build_pos_embed(kind: str, embed_dim: int, pos_ref_um: float, max_tokens_per_image: int) -> nn.Module:
-    """Position embedding selected by ``model.pos_embed`` (``physical`` | ``learned``)."""
+POS_EMBEDS = ("physical", "learned", "learned+physical")
+
+
+def build_pos_embed(kind: str, embed_dim: int, pos_ref_um: float, max_tokens_per_image: int,
+                    grid: int | None = None) -> nn.Module:
+    """Position embedding selected by ``model.pos_embed`` (see :data:`POS_EMBEDS`).
+
+    ``grid``: side of a learned table (default: the square root of ``max_tokens_per_image``).
+    """
+    grid = grid or max(1, math.isqrt(max_tokens_per_image))
     if kind == "physical":
         return PhysicalPosEmbed(embed_dim, pos_ref_um)
     if kind == "learned":
-        return LearnedPosEmbed(embed_dim, grid=max(1, math.isqrt(max_tokens_per_image)))
-    raise ValueError(f"model.pos_embed must be 'physical' or 'learned', got {kind!r}")
+        return LearnedPosEmbed(embed_dim, grid)
+    if kind == "learned+physical":
+        return LearnedPosEmbed(embed_dim, grid, physical_ref_um=pos_ref_um)
+    raise ValueError(f"model.pos_embed must be one of {POS_EMBEDS}, got {kind!r}")

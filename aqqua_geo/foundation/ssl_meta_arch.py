@@ -26,6 +26,7 @@ trainer's collate; the student temperature is DINOv2's 0.1.
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -180,7 +181,38 @@ class SSLMetaArch(nn.Module):
             terms["ibot_loss"] = self.ibot_cfg["loss_weight"] * ibot * 2.0 / n_g
         loss = sum(terms.values())
         loss.backward()
-        return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        diagnostics = self._diagnostics(t_out["cls"].chunk(n_g)[0], torch.cat(list(t_dino)))
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, **diagnostics}
+
+    @torch.no_grad()
+    def _diagnostics(self, teacher_cls: Tensor, teacher_targets: Tensor) -> dict[str, Tensor]:
+        """Collapse indicators of this step (logged with prefix ``diag_``; not back-propagated).
+
+        ``diag_teacher_cls_cos``: mean pairwise cosine of the teacher's backbone CLS tokens
+        across the images of one global crop (→ 1 when every image gets the same CLS);
+        ``diag_target_entropy``: mean entropy of the teacher's DINO targets, in units of
+        log K (1 = uniform targets that teach nothing); ``diag_target_max``: their mean
+        largest probability; ``diag_center_norm``: norm of the softmax-centring EMA (0 with
+        Sinkhorn-Knopp); ``diag_layerscale``: mean |γ| of the student's LayerScales (the
+        effective weight of the residual branches; 1 without LayerScale).
+        """
+        n = teacher_cls.shape[0]
+        x = torch.nn.functional.normalize(teacher_cls.float(), dim=-1)
+        sim = x @ x.t()
+        off = (sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1)
+        p = teacher_targets.float().clamp_min(1e-12)
+        entropy = -(p * p.log()).sum(dim=-1).mean() / math.log(p.shape[-1])
+        gammas = [m.gamma.abs().mean() for m in _unwrap(self.student["backbone"]).modules()
+                  if hasattr(m, "gamma") and isinstance(m.gamma, Tensor)]
+        center = getattr(self, "dino_center", None)
+        one = teacher_cls.new_ones((), dtype=torch.float32)
+        return {
+            "diag_teacher_cls_cos": off,
+            "diag_target_entropy": entropy,
+            "diag_target_max": p.max(dim=-1).values.mean(),
+            "diag_center_norm": center.center.norm() if center is not None else one * 0.0,
+            "diag_layerscale": torch.stack(gammas).mean() if gammas else one,
+        }
 
     # -- teacher -----------------------------------------------------------------------------
     @torch.no_grad()

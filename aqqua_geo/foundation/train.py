@@ -59,6 +59,8 @@ def pretrain(
         store_dir: an AqQua store.
         out_dir: run folder (see the module docstring for what is written there).
         resume: continue from ``OUT/checkpoints/last.pt`` (exactly where it stopped).
+            ``train.max_steps=0`` writes the initial backbone (random init, or ``model.init``)
+            and returns: the control every pretraining result is compared with.
             Without it, an *out_dir* that already holds a checkpoint is refused.
         progress: show a tqdm bar (rank 0) with the loss terms and throughput.
 
@@ -68,6 +70,12 @@ def pretrain(
     from aqqua_geo.foundation.ssl_meta_arch import SSLMetaArch
     from aqqua_geo.store import AqquaStore
 
+    init_state = None
+    if cfg["model"].get("init"):  # warm start: the architecture comes from the checkpoint
+        from aqqua_geo.foundation.pretrained import warm_start
+
+        model_cfg, init_state = warm_start(cfg["model"])
+        cfg = {**cfg, "model": {**model_cfg, "init": str(cfg["model"]["init"])}}
     check_config(cfg)
     out = Path(out_dir)
     last = out / "checkpoints" / "last.pt"
@@ -79,8 +87,18 @@ def pretrain(
     seed = int(train_cfg["seed"])
     try:
         _seed_all(seed)  # same initial weights on every rank (and broadcast below anyway)
-        meta = SSLMetaArch(cfg).to(env.device)
+        meta = SSLMetaArch(cfg)
+        if init_state is not None:
+            for model in (meta.student, meta.teacher):
+                model["backbone"].load_state_dict(init_state)
+        meta = meta.to(env.device)
         meta.train()
+        if int(train_cfg["max_steps"]) == 0:  # the initial backbone only: the random-init control
+            if env.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                dump_config(cfg, out / "config.yaml")
+            _export_backbone(meta, cfg, out, 0, "ddp", env)
+            return out
         strategy = train_cfg["distributed"]
         if strategy not in ("ddp", "fsdp"):
             raise ValueError(f"train.distributed must be ddp or fsdp, got {strategy!r}")
@@ -172,7 +190,8 @@ def pretrain(
                         for key, value in row.items():
                             tensorboard.add_scalar(key, value, step)
                     if bar is not None:
-                        shown = {k.removesuffix("_loss"): f"{v:.3f}" for k, v in terms.items()}
+                        shown = {k.removesuffix("_loss"): f"{v:.3f}" for k, v in terms.items()
+                                 if not k.startswith("diag_")}
                         bar.set_postfix(shown | {"img/s": f"{row['images_per_s']:.0f}"})
                 if bar is not None:
                     bar.update(1)
@@ -212,8 +231,8 @@ def check_config(cfg: dict) -> None:
         )
     if int(crops["n_global_crops"]) < 1:
         raise ValueError(f"crops.n_global_crops must be >= 1, got {crops['n_global_crops']}")
-    if int(train["max_steps"]) < 1:
-        raise ValueError(f"train.max_steps must be >= 1, got {train['max_steps']}")
+    if int(train["max_steps"]) < 0:
+        raise ValueError(f"train.max_steps must be >= 0 (0: write the initial backbone), got {train['max_steps']}")
 
 
 def _build_sampler(cfg: dict, store, env: DistEnv) -> BalancedSampler:

@@ -6,7 +6,8 @@ Built from timm's layers (``Attention`` with fused ``scaled_dot_product_attentio
 attention mask, one CLS + registers per image), the physical position embedding and the
 stochastic depth, which drops residual branches per *image* rather than per packed row.
 
-Model config (the ``model:`` block of a pretraining YAML; defaults in ``MODEL_DEFAULTS``):
+Model config (the ``model:`` block of a pretraining YAML; defaults: the packaged
+``configs/default.yaml``, read into ``MODEL_DEFAULTS``):
 
 ``arch``
     ``vit_tiny`` (192/12/3) | ``vit_small`` (384/12/6) | ``vit_base`` (768/12/12) |
@@ -17,7 +18,10 @@ Model config (the ``model:`` block of a pretraining YAML; defaults in ``MODEL_DE
 ``in_chans``
     1 (grey plankton images) or 3.
 ``pos_embed``
-    ``physical`` (sin-cos of patch centre in µm / ``pos_ref_um``) | ``learned`` (ablation).
+    ``physical`` (sin-cos of patch centre in µm / ``pos_ref_um``) | ``learned`` (a table
+    interpolated per image as DINOv2) | ``learned+physical`` (both; the µm term starts at 0).
+``pos_embed_grid``
+    Side of a learned table (null: √max_tokens_per_image; public DINOv2 weights: 37).
 ``pos_ref_um``
     Reference length (µm) that maps physical position to sin-cos phase.
 ``max_tokens_per_image``
@@ -51,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 
 from aqqua_geo._compat import import_timm
 from aqqua_geo.foundation.packing import PackedBatch, PackedLayout
-from aqqua_geo.foundation.pos_embed import build_pos_embed
+from aqqua_geo.foundation.pos_embed import POS_EMBEDS, build_pos_embed
 
 ARCHS: dict[str, dict[str, int]] = {
     "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
@@ -61,31 +65,21 @@ ARCHS: dict[str, dict[str, int]] = {
     "vit_giant": {"embed_dim": 1536, "depth": 40, "num_heads": 24},
 }
 
-MODEL_DEFAULTS: dict[str, Any] = {
-    "arch": "vit_small",
-    "embed_dim": None,
-    "depth": None,
-    "num_heads": None,
-    "patch_size": 16,
-    "in_chans": 1,
-    "pos_embed": "physical",
-    "pos_ref_um": 10.0,
-    "max_tokens_per_image": 256,
-    "num_register_tokens": 0,
-    "drop_path_rate": 0.0,
-    "drop_path_uniform": True,
-    "layerscale": 1.0e-5,
-    "mlp_ratio": 4.0,
-    "ffn_layer": "mlp",
-    "qkv_bias": True,
-    "grad_checkpointing": False,
-    "img_mean": [0.5],
-    "img_std": [0.5],
-}
+def _packaged_model_defaults() -> dict[str, Any]:
+    """The ``model:`` block of the packaged ``default.yaml``: the one place model defaults live."""
+    from aqqua_geo.config import yaml_load
+
+    block = yaml_load((Path(__file__).resolve().parent / "configs" / "default.yaml").read_text())["model"]
+    block.pop("init", None)  # where weights come from, not an architecture key (see train.pretrain)
+    return block
+
+
+MODEL_DEFAULTS: dict[str, Any] = _packaged_model_defaults()
 
 
 def resolve_model_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults and the arch sizes; reject unknown keys and bad values by name."""
+    model_cfg = {k: v for k, v in model_cfg.items() if k != "init"}  # weights' origin, not architecture
     unknown = sorted(set(model_cfg) - set(MODEL_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(MODEL_DEFAULTS)}")
@@ -108,6 +102,8 @@ def resolve_model_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"model.img_std must be > 0, got {cfg['img_std']}")
     if cfg["in_chans"] not in (1, 3):
         raise ValueError(f"model.in_chans must be 1 or 3, got {cfg['in_chans']}")
+    if cfg["pos_embed"] not in POS_EMBEDS:
+        raise ValueError(f"model.pos_embed must be one of {POS_EMBEDS}, got {cfg['pos_embed']!r}")
     if cfg["ffn_layer"] not in ("mlp", "swiglu"):
         raise ValueError(f"model.ffn_layer must be 'mlp' or 'swiglu', got {cfg['ffn_layer']!r}")
     if cfg["max_tokens_per_image"] < 1 or cfg["patch_size"] < 1:
@@ -174,7 +170,8 @@ class PlanktonViT(nn.Module):
         self.patch_embed = nn.Module()
         # A Linear on flattened (C, p, p) patches == Conv2d(kernel=stride=p) on the image.
         self.patch_embed.proj = nn.Linear(self.in_chans * self.patch_size**2, d)
-        self.pos_embed = build_pos_embed(cfg["pos_embed"], d, cfg["pos_ref_um"], cfg["max_tokens_per_image"])
+        self.pos_embed = build_pos_embed(cfg["pos_embed"], d, cfg["pos_ref_um"], cfg["max_tokens_per_image"],
+                                         cfg["pos_embed_grid"])
         self.cls_token = nn.Parameter(torch.zeros(1, d))
         self.register_tokens = nn.Parameter(torch.zeros(self.num_register_tokens, d))
         self.mask_token = nn.Parameter(torch.zeros(1, d))
@@ -275,14 +272,25 @@ def save_backbone(model: PlanktonViT, path: str | os.PathLike, extra: dict[str, 
     return path
 
 
-def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu") -> PlanktonViT:
-    """Load a backbone written by :func:`save_backbone`, in eval mode on ``device``."""
+def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu", in_chans: int = 1) -> PlanktonViT:
+    """Load a backbone in eval mode on ``device``.
+
+    *path*: a file written by :func:`save_backbone`, or a public checkpoint (official DINOv2,
+    timm ViT; see :mod:`~aqqua_geo.foundation.pretrained`), converted for *in_chans* input
+    channels. Every file is read with ``torch.load(weights_only=True)``: no code runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone file not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = torch.load(path, map_location="cpu", weights_only=True) if path.suffix != ".safetensors" else None
     if not isinstance(payload, dict) or "model_cfg" not in payload or "state_dict" not in payload:
-        raise ValueError(f"{path}: not a backbone file (needs 'model_cfg' and 'state_dict')")
+        from aqqua_geo.foundation.pretrained import load_pretrained_backbone
+
+        try:
+            return load_pretrained_backbone(path, in_chans=in_chans, device=device)
+        except (ValueError, NotImplementedError) as err:
+            raise ValueError(f"{path}: neither an aqqua backbone file (model_cfg + state_dict) nor a "
+                             f"recognised public checkpoint: {err}") from None
     model = PlanktonViT(payload["model_cfg"])
     model.grad_checkpointing = False
     model.load_state_dict(payload["state_dict"])
