@@ -226,11 +226,14 @@ def export_ecotaxa(store: Store,
                    predictions: Annotated[Path | None, typer.Option(help="predictions.parquet from `aqqua "
                                                                     "predict`.", exists=True)] = None,
                    ids: Annotated[Path | None, typer.Option(help="CSV of object_id to export (default: all).",
-                                                            exists=True)] = None) -> None:
+                                                            exists=True)] = None,
+                   novel_category: Annotated[str | None, typer.Option(
+                       help="EcoTaxa category for objects flagged novel (status predicted); "
+                            "default: none (unclassified).")] = None) -> None:
     """Write an EcoTaxa import bundle (TSV with type row + PNG vignettes) of a store."""
     from aqqua_geo.export.ecotaxa import write_ecotaxa_cli
 
-    typer.echo(f"EcoTaxa bundle: {write_ecotaxa_cli(store, predictions, out, ids)}")
+    typer.echo(f"EcoTaxa bundle: {write_ecotaxa_cli(store, predictions, out, ids, novel_category)}")
 
 
 def register(app: typer.Typer) -> None:

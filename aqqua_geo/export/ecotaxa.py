@@ -10,6 +10,10 @@ The bundle follows EcoTaxa's import rules (``ecotaxa/ecotaxa_back`` ``py/BO/TSVF
   ``object_time`` (HHMMSS, UTC), ``object_depth_min``/``object_depth_max`` (m);
 * ``object_annotation_category`` = predicted category paired with ``object_annotation_status`` =
   ``predicted`` (EcoTaxa rejects a category without a status and vice versa);
+* objects flagged novel (``is_novel`` of the predictions) get **no** category and no status
+  (EcoTaxa's "unclassified": unvalidated, shown apart for the expert), or the configurable
+  ``novel_category`` (e.g. ``othertocheck``) with status ``predicted``, never ``validated``; their
+  model suggestion stays in ``object_top1_label``…, and they come first in the TSV;
 * model scores, traits and carbon as free ``object_<name>`` columns, numeric ``[f]`` (at most 500)
   or text ``[t]`` (at most 20); names lower-case ``[a-z0-9_]``;
 * ``sample_id`` / ``acq_id`` / ``process_id`` with ``acq_instrument``, ``process_pixel``
@@ -161,9 +165,18 @@ def _check_free_columns(numeric: list, text: list) -> None:
         raise ValueError(f"predictions: {len(text)} text columns, EcoTaxa takes at most {MAX_TEXT_OBJECT_FIELDS}")
 
 
-def _annotation(meta_row: pd.Series, values: pd.Series, store_labels: bool, status: str) -> tuple[str, str]:
+def _is_novel(values: pd.Series) -> bool:
+    flag = values.get("is_novel")
+    return flag is not None and flag is not pd.NA and not (isinstance(flag, float) and math.isnan(flag)) and bool(flag)
+
+
+def _annotation(meta_row: pd.Series, values: pd.Series, store_labels: bool, status: str,
+                novel_category: str | None = None) -> tuple[str, str]:
     """(category, status) of one row; both empty or both set, as EcoTaxa requires."""
     if not store_labels:
+        if _is_novel(values):
+            category = _text(novel_category)
+            return category, "predicted" if category else ""
         category = _text(values.get("pred_label"))
         return category, status if category else ""
     category = _text(meta_row["label"])
@@ -191,6 +204,8 @@ def write_ecotaxa(
     *,
     add_traits: bool = True,
     status: str = "predicted",
+    novel_category: str | None = None,
+    novel_first: bool = True,
     progress: bool = False,
 ) -> Path:
     """Write an EcoTaxa import bundle of store objects with their predictions; return its path.
@@ -201,6 +216,8 @@ def write_ecotaxa(
     with their status. ``object_ids``: the objects to export, in order (default: those with a
     prediction, or the whole store). With ``add_traits`` the morphometric traits of
     :mod:`aqqua_geo.downstream.traits` missing from the predictions are measured and added.
+    Objects with ``is_novel`` true are exported unclassified (no category, no status), or as
+    *novel_category* with status ``predicted``; with *novel_first* they are written first.
     """
     from aqqua_geo.store import AqquaStore
 
@@ -220,6 +237,9 @@ def write_ecotaxa(
         raise ValueError("write_ecotaxa: no objects to export")
     if len(set(ids)) != len(ids):
         raise ValueError("write_ecotaxa: object_ids has duplicates")
+    if pred is not None and novel_first and "is_novel" in pred.columns:
+        flags = pred["is_novel"].reindex(ids).astype("boolean").fillna(False).to_numpy(dtype=bool)
+        ids = [i for i, f in zip(ids, flags) if f] + [i for i, f in zip(ids, flags) if not f]
     known = set(store.object_ids)
     missing = [i for i in ids if i not in known]
     if missing:
@@ -288,7 +308,7 @@ def write_ecotaxa(
                         fname, k = f"{stem}_{k}.png", k + 1
                     used.add(fname.lower())
                     (tmp / "images" / fname).write_bytes(_png_bytes(image))
-                    category, row_status = _annotation(m, v, store_labels, status)
+                    category, row_status = _annotation(m, v, store_labels, status, novel_category)
                     when = pd.Timestamp(m["datetime"])
                     when = when.tz_convert("UTC") if when.tzinfo is not None else when
                     writer.writerow(
@@ -360,8 +380,9 @@ def write_ecotaxa_cli(
     predictions_path: str | Path | None,
     out: str | Path,
     ids_csv: str | Path | None = None,
+    novel_category: str | None = None,
 ) -> Path:
     """Body of ``aqqua export-ecotaxa --store DIR --predictions P --out OUT.zip [--ids CSV]``."""
     predictions = read_predictions(predictions_path) if predictions_path else None
     ids = read_object_ids(ids_csv) if ids_csv else None
-    return write_ecotaxa(store_dir, predictions, out, object_ids=ids, progress=True)
+    return write_ecotaxa(store_dir, predictions, out, object_ids=ids, novel_category=novel_category, progress=True)

@@ -129,7 +129,8 @@ def test_zip_bundle_follows_ecotaxa_rules(small_store, predictions, tmp_path):
     assert out == tmp_path / "preds.zip" and sorted(p.name for p in tmp_path.iterdir()) == ["preds.zip"]
     header, types, rows, images = read_bundle(out)
     check_ecotaxa_rules(header, types, rows, images)
-    assert [r["object_id"] for r in rows] == list(predictions["object_id"])
+    ids = list(predictions["object_id"])
+    assert [r["object_id"] for r in rows] == ids[-1:] + ids[:-1]  # the novel object first
     kinds = dict(zip(header, types))
     assert kinds["object_pred_prob"] == "[f]" and kinds["object_top2_label"] == "[t]"
     assert kinds["object_carbon_ugc"] == "[f]" and kinds["object_esd_um"] == "[f]"  # traits measured
@@ -139,7 +140,11 @@ def test_zip_bundle_follows_ecotaxa_rules(small_store, predictions, tmp_path):
     assert first["object_novelty_score"] == "" and first["object_carbon_ugc"] == "1.5"
     unlabelled = by_id[predictions["object_id"][5]]
     assert unlabelled["object_annotation_category"] == unlabelled["object_annotation_status"] == ""
-    assert by_id[predictions["object_id"][8]]["object_is_novel"] == "1"
+    novel = by_id[predictions["object_id"][8]]
+    assert novel["object_is_novel"] == "1"
+    # flagged novel: unclassified for the expert, not the predicted "fiber"
+    assert novel["object_annotation_category"] == novel["object_annotation_status"] == ""
+    assert novel["object_top2_label"] == "detritus"  # the model's suggestions stay visible
     meta = small_store.metadata.set_index("object_id")
     for oid, r in by_id.items():
         m = meta.loc[oid]
@@ -263,7 +268,7 @@ def test_round_trip_through_the_ecotaxa_ingestor(small_store, predictions, tmp_p
         assert a["datetime"] == b["datetime"]
         assert a["sample_id"] == b["sample_id"] and a["instrument"] == b["instrument"]
         expected = pred.loc[oid, "pred_label"]
-        expected = expected if isinstance(expected, str) else None
+        expected = expected if isinstance(expected, str) and not pred.loc[oid, "is_novel"] else None
         assert (a["label"] if isinstance(a["label"], str) else None) == expected
         assert a["label_status"] == ("predicted" if expected else "unlabelled")
     assert report is not None
@@ -282,3 +287,15 @@ def test_numbers_round_trip_exactly(x):
 def test_text_cells_never_break_the_tsv(value):
     cell = ex._text(value)
     assert not set(cell) & {"\t", "\n", "\r"} and cell == cell.strip()
+
+
+def test_novel_objects_take_a_configurable_unvalidated_category(small_store, predictions, tmp_path):
+    out = write_ecotaxa(small_store, predictions, tmp_path / "dir", status="validated",
+                        novel_category="othertocheck", novel_first=False)
+    header, types, rows, images = read_bundle(out)
+    check_ecotaxa_rules(header, types, rows, images)
+    assert [r["object_id"] for r in rows] == list(predictions["object_id"])
+    novel = rows[-1]
+    assert novel["object_annotation_category"] == "othertocheck"
+    assert novel["object_annotation_status"] == "predicted"  # never validated by the model
+    assert rows[0]["object_annotation_status"] == "validated"
