@@ -40,6 +40,12 @@ def store_info(store_dir: str | Path) -> dict:
     rej = store.rejected()
     info["rejected_by_reason"] = {k: int(v) for k, v in rej["reason"].value_counts().sort_index().items()}
     info["shards"] = store.manifest.get("shards", [])
+    info["problems"] = []
+    for shard in sorted(set(store._shard_of)):  # cheap: LMDB's own size vs the file's, no image read
+        try:
+            store._shards._env(int(shard))
+        except OSError as err:
+            info["problems"].append(str(err))
     return info
 
 
@@ -62,6 +68,7 @@ def _render(info: dict) -> str:
         lines.append("  rejected: " + ", ".join(f"{k} {v}" for k, v in info["rejected_by_reason"].items()))
     size = sum(s.get("bytes", 0) for s in info["shards"])
     lines.append(f"  images: {len(info['shards'])} shard(s), {size / 1e6:.2f} MB")
+    lines += [f"  PROBLEM: {p}" for p in info.get("problems", [])]
     return "\n".join(lines)
 
 
@@ -72,11 +79,29 @@ def register(app: typer.Typer) -> None:
     def info_cmd(
         store: Path = typer.Argument(..., help="Store directory."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+        check: bool = typer.Option(False, "--check", help="Also read and verify every image (decodes, matches its "
+                                   "content hash); exit 1 naming each bad object."),
     ) -> None:
         """Counts per instrument/source, date and space range, label coverage of a store."""
         try:
             info = store_info(store)
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
+        problems = None
+        if check:
+            from aqqua_geo.store import AqquaStore
+
+            problems = AqquaStore(store).verify()  # includes the shard problems
+            info["check"] = {"objects": info["objects"], "bad": len(problems), "problems": problems}
         typer.echo(json.dumps(info, indent=2) if as_json else _render(info))
+        if info["problems"] and not check:
+            raise typer.Exit(1)
+        if problems is not None:
+            if not as_json:
+                typer.echo(f"  check: {info['objects'] - len(problems)}/{info['objects']} images verified"
+                           + ("" if not problems else f", {len(problems)} bad:"))
+                for p in problems[:50]:
+                    typer.echo(f"    - {p}")
+            if problems:
+                raise typer.Exit(1)

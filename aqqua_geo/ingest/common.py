@@ -94,9 +94,9 @@ class SourceTree:
     never skipped silently (both are listed by :meth:`files` and raise on :meth:`read_bytes`).
     """
 
-    def __init__(self, src: str | Path, *, follow_symlinks: bool = False, max_file_bytes: int = MAX_FILE_BYTES):
+    def __init__(self, src: str | Path, *, follow_symlinks: bool = False, max_file_bytes: int | None = None):
         self.src = Path(src)
-        self.max_file_bytes = int(max_file_bytes)
+        self.max_file_bytes = int(MAX_FILE_BYTES if max_file_bytes is None else max_file_bytes)
         self.refused: dict[str, InvalidRecord] = {}
         if not self.src.exists():
             raise FileNotFoundError(f"{src}: no such file or folder")
@@ -163,8 +163,8 @@ class SourceTree:
         size = self.size(name)
         if size > cap:
             raise InvalidRecord("too_large", f"{self.display(name)}: {size} bytes "
-                                             f"({'decompressed ' if self._zip is not None else ''}), more than the "
-                                             f"{self.max_file_bytes} bytes an ingestor reads")
+                                             f"({'decompressed' if self._zip is not None else 'on disk'}), more than "
+                                             f"the {cap} bytes an ingestor reads for it")
         if self._zip is not None:
             with self._zip.open(self._entries.get(name, name)) as fh:  # stops at the declared size
                 data = fh.read(cap + 1)
@@ -222,9 +222,9 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as im:
                 bands = len(im.getbands())
                 w, h = im.size
-                if w * h * max(bands, 1) > MAX_IMAGE_BYTES or max(w, h) > 0xFFFF:
+                if w * h * max(bands, 1) > image_cap() or max(w, h) > 0xFFFF:
                     raise InvalidRecord("too_large", f"{name}: image of {w}×{h} px × {bands} channel(s) is larger than "
-                                                     f"the store takes ({MAX_IMAGE_BYTES} bytes, 65535 px a side)")
+                                                     f"the store takes ({image_cap()} bytes, 65535 px a side)")
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                     raise InvalidRecord("corrupt_image", f"{name}: {im.mode} (16/32-bit) images are not supported; convert to 8-bit")
@@ -237,7 +237,9 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise InvalidRecord("corrupt_image", f"{name}: not a readable image (unknown format or corrupt header)") from None
-    except (OSError, SyntaxError, ValueError, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as err:
+        raise InvalidRecord("too_large", f"{name}: image too large to decode safely ({type(err).__name__}: {err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise InvalidRecord("corrupt_image", f"{name}: cannot decode image ({type(err).__name__}: {err})") from None
     if arr.size == 0:
         raise InvalidRecord("empty_image", f"{name}: image has no pixels")
@@ -328,9 +330,14 @@ def decode_text_with_encoding(data: bytes, name: str) -> tuple[str, str]:
         return data.decode("latin-1"), "latin-1"
 
 
+def image_cap() -> int:
+    """Largest image file read (bytes): the decoded-size cap (this module's, read at call time)."""
+    return MAX_IMAGE_BYTES
+
+
 def read_image(tree: SourceTree, name: str) -> np.ndarray:
     """Read and decode one image file of *tree* (size-capped before reading)."""
-    return decode_image(tree.read_bytes(name, limit=MAX_IMAGE_BYTES), tree.display(name))
+    return decode_image(tree.read_bytes(name, limit=image_cap()), tree.display(name))
 
 
 def iter_images(tree: SourceTree, prefix: str = "") -> Iterator[str]:

@@ -19,9 +19,10 @@ from typing import Any
 
 import pandas as pd
 
+from aqqua_geo.ingest import common
+
 from aqqua_geo.ingest.common import (
     IMAGE_SUFFIXES,
-    MAX_FILE_BYTES,
     FileProblem,
     Item,
     SourceTree,
@@ -30,8 +31,8 @@ from aqqua_geo.ingest.common import (
     normalise_path,
     parse_date_time,
     parse_float,
-    MAX_IMAGE_BYTES,
     decode_image,
+    image_cap,
 )
 from aqqua_geo.store.schema import InvalidRecord
 
@@ -80,8 +81,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         df.attrs.update(encoding="parquet", duplicate_columns=[])
         return df
     data = path.read_bytes()
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError(f"{path}: {len(data)} bytes, more than the {MAX_FILE_BYTES} bytes a metadata table may have")
+    if len(data) > common.MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {len(data)} bytes, more than the {common.MAX_FILE_BYTES} bytes a metadata table may have")
     text, encoding = decode_text_with_encoding(data, str(path))
     tsv = path.suffix in (".tsv", ".txt")
     sep = "\t" if tsv else ","
@@ -200,4 +201,4 @@ def _item(tree: SourceTree, rel: str, rec: dict[str, str], cols: dict[str, str],
         fields["instrument"] = canonical_instrument(get("instrument"))
     raw = {**rec, "relative_path": rel}
     return Item(file=file, record=where, object_id=oid, fields=fields, raw=raw, errors=errors,
-                image=lambda: decode_image(tree.read_bytes(rel, limit=MAX_IMAGE_BYTES), tree.display(rel)))
+                image=lambda: decode_image(tree.read_bytes(rel, limit=image_cap()), tree.display(rel)))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aqqua_geo.ingest.common import KNOWN_PIXEL_SIZE_UM, MAX_IMAGE_BYTES, FileProblem, Item, SourceTree
+from aqqua_geo.ingest.common import KNOWN_PIXEL_SIZE_UM, FileProblem, Item, SourceTree, image_cap
 from aqqua_geo.store.schema import InvalidRecord
 
 ADC_COLUMNS = {
@@ -244,7 +244,7 @@ def _bin_items(tree: SourceTree, adc_name: str, table: dict, pixel_size_um: floa
         elif w is None or h is None or start is None:
             bad = [f"{k}={text[k]!r}" for k, v in (("roiWidth", w), ("roiHeight", h), ("startByte", start)) if v is None]
             problem = InvalidRecord("bad_row", f"{disp}: row {n}: {', '.join(bad)} is not a non-negative integer")
-        elif w * h > MAX_IMAGE_BYTES:
+        elif w * h > image_cap():
             problem = InvalidRecord("too_large", f"{disp}: row {n}: ROI of {w}×{h} px is larger than the store takes")
         records.append((n, text, w, h, start, problem))
     if not records:

@@ -6,8 +6,9 @@ writes (atomic, idempotent, resumable).
 
 from __future__ import annotations
 
+from aqqua_geo.store.manifest import StoreError
 from aqqua_geo.store.reader import AqquaStore
 from aqqua_geo.store.schema import HARMONISED_SCHEMA, REASONS, InvalidRecord
 from aqqua_geo.store.writer import StoreWriter, WriterReport
 
-__all__ = ["AqquaStore", "StoreWriter", "WriterReport", "HARMONISED_SCHEMA", "REASONS", "InvalidRecord"]
+__all__ = ["AqquaStore", "StoreError", "StoreWriter", "WriterReport", "HARMONISED_SCHEMA", "REASONS", "InvalidRecord"]

@@ -329,6 +329,35 @@ class AqquaStore:
         """Duplicate images: object_id, kept_object_id, source, label, kept_label, conflicting_label."""
         return self._side("duplicates.parquet", DUPLICATES_SCHEMA)
 
+    def verify(self, progress: bool = False) -> list[str]:
+        """Check every image of this view: it is in its shard, decodes, and has the pixels its
+        ``content_hash`` says. Returns one message per bad object (empty: all good)."""
+        from tqdm.auto import tqdm
+
+        problems: list[str] = []
+        hashes = self.table.column("content_hash").to_pylist()
+        shards_ok: dict[int, str | None] = {}
+        for i in tqdm(range(len(self)), desc="verify", unit="img", disable=not progress, mininterval=1.0):
+            oid, shard = self._ids[i], int(self._shard_of[i])
+            if shard not in shards_ok:
+                try:
+                    self._shards._env(shard)
+                    shards_ok[shard] = None
+                except (OSError, lmdb.Error) as err:
+                    shards_ok[shard] = str(err)
+                    problems.append(f"shard {shard}: {err}")
+            if shards_ok[shard] is not None:
+                problems.append(f"{oid}: not readable ({shard_path(self.path, shard).name} unusable)")
+                continue
+            try:
+                image = self._shards._get(oid, shard)
+            except (KeyError, ValueError, OSError) as err:
+                problems.append(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+                continue
+            if codec.content_hash(image) != hashes[i]:
+                problems.append(f"{oid}: pixels in {shard_path(self.path, shard).name} do not match its content_hash")
+        return problems
+
     def close(self) -> None:
         """Close the LMDB handles (they reopen on next access)."""
         self._shards.close()
