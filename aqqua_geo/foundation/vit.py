@@ -36,6 +36,9 @@ Model config (the ``model:`` block of a pretraining YAML; defaults: the packaged
     Block details.
 ``grad_checkpointing``
     Recompute blocks in backward to save activation memory.
+``attention``
+    ``auto`` (block-sparse FlexAttention on CUDA, dense elsewhere) | ``dense`` | ``flex``;
+    see :mod:`~aqqua_geo.foundation.attention`.
 ``img_mean``, ``img_std``
     Per-channel normalisation of [0, 1] images, stored with the backbone so that
     :func:`~aqqua_geo.foundation.embed.embed_images` normalises as in training.
@@ -54,6 +57,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from aqqua_geo._compat import import_timm
+from aqqua_geo.foundation.attention import BACKENDS, attention_bias, packed_attention, resolve_backend
 from aqqua_geo.foundation.packing import PackedBatch, PackedLayout
 from aqqua_geo.foundation.pos_embed import POS_EMBEDS, build_pos_embed
 
@@ -104,6 +108,8 @@ def resolve_model_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"model.in_chans must be 1 or 3, got {cfg['in_chans']}")
     if cfg["pos_embed"] not in POS_EMBEDS:
         raise ValueError(f"model.pos_embed must be one of {POS_EMBEDS}, got {cfg['pos_embed']!r}")
+    if cfg["attention"] not in BACKENDS:
+        raise ValueError(f"model.attention must be one of {BACKENDS}, got {cfg['attention']!r}")
     if cfg["ffn_layer"] not in ("mlp", "swiglu"):
         raise ValueError(f"model.ffn_layer must be 'mlp' or 'swiglu', got {cfg['ffn_layer']!r}")
     if cfg["max_tokens_per_image"] < 1 or cfg["patch_size"] < 1:
@@ -136,9 +142,11 @@ class PackedBlock(nn.Module):
         self.ls2 = layers.LayerScale(dim, init_values=layerscale) if layerscale else nn.Identity()
         self.drop_path = drop_path
 
-    def forward(self, x: Tensor, attn_mask: Tensor, branch_scale: Tensor | None = None) -> Tensor:
-        """``branch_scale`` ``(R, L, 1)``: per-token residual-branch factor (0 or 1/keep)."""
-        a = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask))
+    def forward(self, x: Tensor, attn_bias: Any, branch_scale: Tensor | None = None,
+                backend: str = "dense") -> Tensor:
+        """``attn_bias`` from :func:`~aqqua_geo.foundation.attention.attention_bias`;
+        ``branch_scale`` ``(R, L, 1)``: per-token residual-branch factor (0 or 1/keep)."""
+        a = self.ls1(packed_attention(self.attn, self.norm1(x), attn_bias, backend))
         x = x + (a if branch_scale is None else a * branch_scale[0])
         m = self.ls2(self.mlp(self.norm2(x)))
         return x + (m if branch_scale is None else m * branch_scale[1])
@@ -228,13 +236,17 @@ class PlanktonViT(nn.Module):
         seq = x.new_zeros(layout.n_rows, layout.row_length, self.embed_dim)
         seq = seq.index_put((layout.token_row, layout.token_slot), x)
         seq = seq.index_put((layout.prefix_row, layout.prefix_slot), prefix.repeat(packed.n_images, 1))
-        attn_mask = layout.attention_mask()
+        backend = resolve_backend(self.cfg["attention"], seq.device)
+        if backend == "flex" and seq.device.type == "cpu" and torch.is_grad_enabled() and self.training:
+            raise ValueError("model.attention=flex: FlexAttention has no CPU backward in torch; "
+                             "train on CPU with attention auto or dense")
+        attn_bias = attention_bias(layout.segment, backend)
         for block in self.blocks:
             scales = self._branch_scales(block, layout, packed.n_images, seq.device)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                seq = checkpoint(block, seq, attn_mask, scales, use_reentrant=False)
+                seq = checkpoint(block, seq, attn_bias, scales, backend, use_reentrant=False)
             else:
-                seq = block(seq, attn_mask, scales)
+                seq = block(seq, attn_bias, scales, backend)
         seq = self.norm(seq)
 
         patch = seq[layout.token_row, layout.token_slot]

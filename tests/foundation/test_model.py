@@ -126,7 +126,7 @@ def test_load_errors(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="backbone file not found"):
         load_backbone(tmp_path / "missing.pt")
     torch.save({"state_dict": {}}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="not a backbone file"):
+    with pytest.raises(ValueError, match="neither an aqqua backbone file"):
         load_backbone(tmp_path / "bad.pt")
 
 

@@ -152,3 +152,83 @@ def test_grey_model_from_rgb_weights_equals_reference_on_replicated_grey(tmp_pat
     got = embed_images(model, list(grey), [1.0] * 2, pool="cls")
     torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)
     assert math.isclose(model.cfg["img_mean"][0], 0.0) and math.isclose(model.cfg["img_std"][0], 1.0)
+
+
+# -- one meta-architecture step ----------------------------------------------------------------
+def test_ssl_meta_arch_step_matches_reference_loss_terms(tmp_path):
+    """One training step on a fixed batch, recomposed from the reference's modules as
+    ``dinov2/train/ssl_meta_arch.py`` composes them (its class itself needs fvcore/xformers).
+
+    Where the recipes coincide: learned position table (no µm term), RGB input, equal-size
+    crops, Sinkhorn-Knopp centring, shared DINO/iBOT head, no stochastic depth. Packing
+    changes how tokens are laid out, not the arithmetic.
+    """
+    from dinov2.layers import DINOHead as RefHead
+
+    from aqqua_geo.foundation.config import load_config
+    from aqqua_geo.foundation.packing import pack_images
+    from aqqua_geo.foundation.pretrained import convert_state_dict, pretrained_model_cfg
+    from aqqua_geo.foundation.ssl_meta_arch import SSLMetaArch
+
+    torch.manual_seed(0)
+    # head width 64, as every public DINOv2/timm ViT (the loader infers heads = dim / 64)
+    ref = ref_vit.DinoVisionTransformer(patch_size=14, img_size=56, embed_dim=128, depth=2, num_heads=2,
+                                        block_chunks=0, init_values=1e-5).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("gamma"):
+                p.uniform_(0.5, 1.5)
+    model_cfg = pretrained_model_cfg(ref.state_dict(), in_chans=3)
+    model_cfg.update(max_tokens_per_image=16, drop_path_rate=0.0)
+    heads = [f"{s}.{k}={v}" for s in ("dino", "ibot") for k, v in
+             (("head_n_prototypes", 32), ("head_bottleneck_dim", 16), ("head_hidden_dim", 24))]
+    cfg = load_config("tiny", [*heads, "train.centering=sinkhorn_knopp", "dino.koleo_loss_weight=0.1"])
+    cfg["model"] = model_cfg
+    meta = SSLMetaArch(cfg)
+    converted = convert_state_dict(ref.state_dict(), meta.student["backbone"])
+    for part in (meta.student, meta.teacher):
+        part["backbone"].load_state_dict(converted)
+    head = RefHead(128, 32, hidden_dim=24, bottleneck_dim=16, nlayers=3)
+    ours_head = meta.student["dino_head"].state_dict()
+    head.load_state_dict({k.replace("parametrizations.weight.original0", "weight_g")
+                          .replace("parametrizations.weight.original1", "weight_v"): v for k, v in ours_head.items()})
+    meta.teacher["dino_head"].load_state_dict(ours_head)
+
+    b, n_l = 3, 2
+    g = torch.Generator().manual_seed(1)
+    glob = torch.rand(2 * b, 3, 56, 56, generator=g)  # crop-major: crop 0 of every image, then crop 1
+    local = torch.rand(n_l * b, 3, 28, 28, generator=g)
+    masks = torch.rand(2 * b, 16, generator=g) < 0.3
+    masks[1] = False
+    packed_g = pack_images(list(glob), [1.0] * (2 * b), 14, 64, masks=list(masks.reshape(-1, 4, 4)),
+                           max_tokens_per_image=16)
+    packed_l = pack_images(list(local), [1.0] * (n_l * b), 14, 64, max_tokens_per_image=16)
+    batch = {"global": packed_g, "local": packed_l, "n_global_crops": 2, "n_local_crops": n_l,
+             "masks": packed_g.mask}
+    ours = meta.forward_backward(batch, teacher_temp=0.04)
+
+    # the reference composition (dinov2 SSLMetaArch.forward_backward, n_global_crops = 2)
+    dino, ibot, koleo = dinov2_loss.DINOLoss(32), dinov2_loss.iBOTPatchLoss(32), dinov2_loss.KoLeoLoss()
+    n_terms = max(n_l * 2, 1) + 2
+    with torch.no_grad():
+        t = ref.forward_features(glob)
+        t_cls = torch.cat(t["x_norm_clstoken"].chunk(2)[::-1])
+        idx = masks.flatten().nonzero().flatten()
+        t_patch = t["x_norm_patchtokens"].flatten(0, 1)[idx]
+        t_dino = dino.sinkhorn_knopp_teacher(head(t_cls), 0.04).view(2, b, -1)
+        import unittest.mock as mock
+
+        with mock.patch.object(torch.distributed, "all_reduce", lambda *a, **k: None):
+            t_ibot = ibot.sinkhorn_knopp_teacher(head(t_patch), 0.04, torch.tensor(float(len(idx))))
+        s_g = ref.forward_features(glob, masks=masks)
+        s_l = ref.forward_features(local)
+        s_cls = head(s_g["x_norm_clstoken"])
+        expected = {
+            "dino_local_crops_loss": dino(list(head(s_l["x_norm_clstoken"]).chunk(n_l)), list(t_dino)) / n_terms,
+            "dino_global_crops_loss": dino([s_cls], [t_dino.flatten(0, 1)]) * 2 / n_terms,
+            "koleo_loss": 0.1 * sum(koleo(p) for p in s_g["x_norm_clstoken"].chunk(2)),
+            "ibot_loss": ibot.forward_masked(head(s_g["x_norm_patchtokens"].flatten(0, 1)[idx]), t_ibot,
+                                             student_masks_flat=masks) * 2 * 0.5,
+        }
+    for key, value in expected.items():
+        torch.testing.assert_close(ours[key], value.float(), atol=1e-5, rtol=1e-5, msg=key)
