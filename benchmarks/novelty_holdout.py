@@ -16,7 +16,10 @@ Feature sets, all in the same run and the same splits:
 - ``random_init``: the same architecture with random weights (the control an SSL result
   must beat);
 - ``size_only``: (log height, log width, mean grey) of the vignette, standardised, with a
-  Euclidean k-NN and a Mahalanobis score (the trivial baseline).
+  Euclidean k-NN and a Mahalanobis score (the trivial baseline);
+- ``morphometrics``: 23 standardised traits of :func:`aqqua_geo.downstream.traits.measure`
+  (log sizes, shape ratios, grey statistics), same scores as the embeddings but Euclidean (what
+  a hand-crafted feature set gives, for comparison).
 
     python benchmarks/novelty_holdout.py --workdir /tmp/nov --steps 300      # ~3-5 min on 2 cores
     python benchmarks/novelty_holdout.py --workdir /tmp/nov --model RUN/backbone.pt
@@ -41,6 +44,22 @@ def size_features(store) -> np.ndarray:
     grey = np.array([float(np.asarray(im, dtype=np.float64).mean()) for im in store.get_many(range(len(store)))])
     return np.column_stack([np.log(meta["height"].to_numpy(np.float64) * px),
                             np.log(meta["width"].to_numpy(np.float64) * px), grey])
+
+
+MORPHO_LOG = ("area_um2", "esd_um", "major_um", "minor_um", "perimeter_um", "feret_um", "convex_area_um2",
+              "biovolume_um3")
+MORPHO_LINEAR = ("circularity", "elongation", "eccentricity", "solidity", "extent", "mean_grey", "std_grey",
+                 "min_grey", "max_grey", "median_grey", "range_grey", "cv_grey", "skew_grey", "kurt_grey",
+                 "contrast_grey")
+
+
+def morphometric_features(store) -> np.ndarray:
+    """Log sizes, shape ratios and grey statistics of the segmented object (NaN → column median)."""
+    from aqqua_geo.downstream.traits import measure_many
+
+    t = measure_many(store.get_many(range(len(store))), store.metadata["pixel_size_um"].tolist())
+    m = pd.concat([np.log(t[list(MORPHO_LOG)].where(t[list(MORPHO_LOG)] > 0)), t[list(MORPHO_LINEAR)]], axis=1)
+    return m.fillna(m.median()).to_numpy(np.float64)
 
 
 def standardise(x: np.ndarray) -> np.ndarray:
@@ -76,7 +95,11 @@ def evaluate(features: dict[str, np.ndarray], y: np.ndarray, seed: int, tpr: flo
 
     tables = []
     for name, x in features.items():
-        if name == "size_only":
+        if name == "morphometrics":
+            res = holdout_class_evaluation(standardise(x), y, methods=[m for m in methods if m != "energy"],
+                                           seed=seed, tpr=tpr,
+                                           scorer_kwargs={"k": k, "centre": False, "normalise": False})
+        elif name == "size_only":
             res = holdout_class_evaluation(standardise(x), y, methods=["knn", "mahalanobis"], seed=seed, tpr=tpr,
                                            scorer_kwargs={"k": k, "centre": False, "normalise": False,
                                                           "class_norm": False})
@@ -115,6 +138,7 @@ def main() -> None:
         features[name] = embed_images(load_backbone(path), images, px)
         print(f"embedded {len(images)} images with {name} in {time.perf_counter() - t0:.0f} s")
     features["size_only"] = size_features(store)
+    features["morphometrics"] = morphometric_features(store)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     table = evaluate(features, y, args.seed, args.tpr, methods, args.k)
     table.to_csv(args.workdir / "novelty_holdout.csv", index=False)
