@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 TAXONOMY_CSV = Path(__file__).with_name("taxonomy.csv")
+_TEMPORARY = re.compile(r"t\d{3,}")
 KINDS = ("taxon", "artefact", "detritus", "other")
 
 
@@ -52,7 +53,7 @@ def load_taxonomy(taxonomy: str | Path | Mapping[str, bool] | None = None) -> di
 
 
 def _candidates(label: str, hierarchy: str | None) -> list[str]:
-    names = [label, *label.split("<")[1:]]
+    names = [label, *label.split("<")]  # the category itself, then its parents
     if hierarchy:
         names += list(reversed(hierarchy.split(">")))
     return [n.strip() for n in names if n and n.strip()]
@@ -77,6 +78,8 @@ def classify_category(label: object, hierarchy: str | None = None,
             return hit
     if root in ("not-living", "not_living"):
         return False, "other"
+    if _TEMPORARY.fullmatch(_norm(str(label))):
+        return False, "other"  # EcoTaxa temporary categories t001, t002, ...: not yet a taxon
     return True, "taxon"
 
 
