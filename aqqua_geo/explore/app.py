@@ -167,7 +167,8 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for col in out.columns:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
-            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+            values = ["'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v for v in out[col]]
+            out[col] = pd.Series(values, index=out.index, dtype=out[col].dtype)
     return out
 
 
