@@ -140,11 +140,17 @@ class PackedBatch:
         return offset_px * self.pixel_size_yx_um.to(torch.float64)[self.image_index]
 
     # -- layout ------------------------------------------------------------------------
-    def layout(self, n_prefix_tokens: int = 1) -> PackedLayout:
-        """Row layout with ``n_prefix_tokens`` (CLS + registers) per image; cached."""
-        if n_prefix_tokens not in self._layouts:
-            self._layouts[n_prefix_tokens] = _first_fit_decreasing(self, n_prefix_tokens)
-        return self._layouts[n_prefix_tokens]
+    def layout(self, n_prefix_tokens: int = 1, single_row: bool = False) -> PackedLayout:
+        """Row layout with ``n_prefix_tokens`` (CLS + registers) per image; cached.
+
+        ``single_row``: every image in one row (no padding at all), for block-sparse attention,
+        whose cost is Σ lᵢ² whatever the row length; dense attention needs bounded rows.
+        """
+        key = (n_prefix_tokens, single_row) if single_row else n_prefix_tokens
+        if key not in self._layouts:
+            cap = None if not single_row else int(self.tokens_per_image.sum()) + n_prefix_tokens * self.n_images
+            self._layouts[key] = _first_fit_decreasing(self, n_prefix_tokens, cap)
+        return self._layouts[key]
 
     @property
     def efficiency(self) -> float:
@@ -311,10 +317,10 @@ def _raster(gh: int, gw: int) -> Tensor:
     return torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=1)
 
 
-def _first_fit_decreasing(batch: PackedBatch, n_prefix: int) -> PackedLayout:
-    """Greedy FFD bin packing of image blocks (prefix + patches) into rows."""
+def _first_fit_decreasing(batch: PackedBatch, n_prefix: int, cap: int | None = None) -> PackedLayout:
+    """Greedy FFD bin packing of image blocks (prefix + patches) into rows of *cap* slots."""
     lengths = (batch.tokens_per_image.cpu() + n_prefix).tolist()
-    cap = batch.max_tokens_per_row
+    cap = cap or batch.max_tokens_per_row
     if max(lengths) > cap:
         # A model with more prefix tokens than the packer assumed: widen rows rather than fail.
         cap = max(lengths)

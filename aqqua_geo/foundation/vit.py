@@ -222,7 +222,8 @@ class PlanktonViT(nn.Module):
                 f"PackedBatch has in_chans={packed.in_chans}, patch_size={packed.patch_size}; "
                 f"the model expects {self.in_chans}, {self.patch_size}"
             )
-        layout = packed.layout(self.num_prefix_tokens)
+        backend = resolve_backend(self.cfg["attention"], packed.device)
+        layout = packed.layout(self.num_prefix_tokens, single_row=backend == "flex")
         x = self.patch_embed.proj(packed.patches.to(self.patch_embed.proj.weight.dtype))
         if masks is not None:
             if masks.shape != (packed.n_tokens,) or masks.dtype != torch.bool:
@@ -236,7 +237,6 @@ class PlanktonViT(nn.Module):
         seq = x.new_zeros(layout.n_rows, layout.row_length, self.embed_dim)
         seq = seq.index_put((layout.token_row, layout.token_slot), x)
         seq = seq.index_put((layout.prefix_row, layout.prefix_slot), prefix.repeat(packed.n_images, 1))
-        backend = resolve_backend(self.cfg["attention"], seq.device)
         if backend == "flex" and seq.device.type == "cpu" and torch.is_grad_enabled() and self.training:
             raise ValueError("model.attention=flex: FlexAttention has no CPU backward in torch; "
                              "train on CPU with attention auto or dense")
