@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,17 +75,41 @@ def dihedral(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(image[:, ::-1] if rng.random() < 0.5 else image)
 
 
+def _evaluate(model, head, loss_fn, images, px, y_idx, rows, batch_size, device) -> tuple[float, float]:
+    """Validation loss and top-1 (eval mode, no augmentation); the modes are restored."""
+    import torch
+
+    from aqqua_geo.foundation.embed import forward_images
+
+    model.eval(), head.eval()
+    total, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            logits = head(forward_images(model, [images[i] for i in batch], px[batch], device)["cls"])
+            target = torch.as_tensor(y_idx[batch], device=device)
+            total += float(loss_fn(logits, target)) * len(batch)
+            correct += int((logits.argmax(1) == target).sum())
+    model.train(), head.train()
+    return total / max(len(rows), 1), correct / max(len(rows), 1)
+
+
 def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
-             labels: Sequence[str | None] | None = None, epochs: int = 5, batch_size: int = 32,
-             lr: float = 2e-4, layer_decay: float = 0.75, weight_decay: float = 0.05,
+             labels: Sequence[str | None] | None = None, epochs: int = 30, batch_size: int = 32,
+             lr: float = 5e-4, head_lr_mult: float = 10.0, patience: int = 5,
+             layer_decay: float = 0.75, weight_decay: float = 0.05,
              loss_weighting: str = "effective_number", beta: float = 0.999, min_count: int = 10,
              rare: str = "group", val_fraction: float = 0.2, novelty: str = "knn", seed: int = 0,
              device: str = "cpu", max_tokens_per_batch: int = 4096,
              progress: bool = True) -> tuple[Path, Path]:
     """Fine-tune a backbone + linear head on a store's labelled objects.
 
-    Class-balanced cross-entropy (*loss_weighting*), AdamW with layer-wise LR decay and a
-    cosine schedule with one warm-up epoch, dihedral augmentation. Writes
+    Class-balanced cross-entropy (*loss_weighting*), AdamW with layer-wise LR decay (the new,
+    zero-initialised head at *head_lr_mult* × *lr*: at the backbone's rate a linear head on 8
+    classes was still at chance after 80 steps) and a cosine schedule with one warm-up epoch,
+    dihedral augmentation. Training and validation loss are logged every epoch; training stops
+    when the validation loss has not improved for *patience* epochs and the best epoch's
+    weights are kept. Writes
     ``OUT/backbone.pt`` (the fine-tuned backbone, :func:`~aqqua_geo.foundation.vit.save_backbone`)
     and ``OUT/classifier.joblib`` (its head as a :class:`LinearProbe`, calibrated on the
     validation split, with a novelty scorer); returns both paths.
@@ -117,6 +142,10 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
     torch.nn.init.zeros_(head[1].weight)
     torch.nn.init.zeros_(head[1].bias)
     groups = layer_decay_param_groups(model, head, lr, layer_decay, weight_decay)
+    head_params = {id(p) for p in head.parameters()}
+    for g in groups:
+        if any(id(p) in head_params for p in g["params"]):
+            g["lr_scale"] *= head_lr_mult
     opt = torch.optim.AdamW(groups, lr=lr)
     weights = class_weights(np.bincount(y_idx[tr], minlength=len(classes)), loss_weighting, beta)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
@@ -130,6 +159,8 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
         return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup)))
 
     step, history = 0, []
+    best: tuple[float, int, dict, dict] = (float("inf"), 0, copy.deepcopy(model.state_dict()),
+                                           copy.deepcopy(head.state_dict()))
     bar = tqdm(total=total, desc="finetune", unit="step", disable=not progress)
     for epoch in range(epochs):
         order = rng.permutation(tr)
@@ -151,16 +182,29 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
             running += float(loss.detach()) * len(batch)
             step += 1
             bar.update(1)
-        history.append({"epoch": epoch + 1, "train_loss": running / len(tr)})
-        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}")
+        val_loss, val_acc = _evaluate(model, head, loss_fn, images, px, y_idx, va, batch_size, device)
+        history.append({"epoch": epoch + 1, "train_loss": running / len(tr), "val_loss": val_loss,
+                        "val_top1": val_acc})
+        bar.set_postfix(train=f"{history[-1]['train_loss']:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.2f}")
+        if progress:
+            bar.write(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, "
+                      f"val loss {val_loss:.4f}, val top-1 {val_acc:.3f}")
+        if val_loss < best[0] - 1e-4:
+            best = (val_loss, epoch + 1, copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
+        elif epoch + 1 - best[1] >= patience:
+            bar.write(f"early stop: validation loss has not improved since epoch {best[1]}") if progress else None
+            break
     bar.close()
+    model.load_state_dict(best[2])
+    head.load_state_dict(best[3])
 
     out_dir = Path(out_dir)
     model.eval()
     head.eval()
     backbone_out = save_backbone(model, out_dir / "backbone.pt",
                                  extra={"finetune": {"source_backbone_sha256": file_sha256(backbone_path),
-                                                     "classes": [str(c) for c in classes], "epochs": epochs}})
+                                                     "classes": [str(c) for c in classes], "epochs": len(history),
+                                                     "best_epoch": best[1]}})
     emb = embed_images(model, images, list(px), max_tokens_per_batch=max_tokens_per_batch, device=device)
     bn, linear = head[0], head[1]
     probe = LinearProbe.from_weights(linear.weight.detach().cpu().numpy(), linear.bias.detach().cpu().numpy(),

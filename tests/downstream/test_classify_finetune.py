@@ -57,13 +57,14 @@ def test_finetune_end_to_end_with_rare_class(tmp_path, bundled_data):
     start = save_backbone(build_backbone(TINY), tmp_path / "start.pt")
     store_dir = make_uvp6_store(tmp_path, uvp6_files(bundled_data, {"Acantharea__1111": 12, "detritus__8888": 20,
                                                     "bubble__5555": 12, "fiber__9999": 3}))
-    backbone, clf = finetune(start, store_dir, tmp_path / "ft", epochs=3, batch_size=8, lr=1e-3, min_count=5,
+    backbone, clf = finetune(start, store_dir, tmp_path / "ft", epochs=8, batch_size=8, min_count=5, patience=8,
                              rare="exclude", val_fraction=0.25, progress=False)
     bundle = ClassifierBundle.load(clf)
     assert list(bundle.classes) == ["Acantharea", "bubble", "detritus"]  # fiber (3 < 5) excluded
     assert bundle.label_map["fiber"] is None and bundle.kind == "linear"
     hist = bundle.metrics["history"]
-    assert len(hist) == 3 and hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert len(hist) == 8 and min(h["train_loss"] for h in hist[1:]) < hist[0]["train_loss"]
+    assert {"val_loss", "val_top1"} <= set(hist[0])
     cal = bundle.metrics["calibration"]
     assert cal["nll_after"] <= cal["nll_before"] + 1e-9 and cal["temperature"] > 0
     # the backbone changed, and the saved head reproduces the torch head's outputs
@@ -73,7 +74,7 @@ def test_finetune_end_to_end_with_rare_class(tmp_path, bundled_data):
     emb = embed_images(load_backbone(backbone), store.get_many(range(4)), [73.0] * 4)
     proba = bundle.predict_proba(emb)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
-    assert bundle.metrics["val_top1"] > 1 / 3  # better than chance on 3 classes after 3 epochs
+    assert bundle.metrics["val_top1"] > 1 / 3  # better than chance on 3 classes
 
 
 def test_batchnorm_head_folds_into_linear_probe():
