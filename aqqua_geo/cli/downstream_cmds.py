@@ -198,6 +198,10 @@ def benchmark(model: Annotated[list[Path], typer.Option("--model", "-m", help="B
               min_count: int = 10,
               leaderboard: Annotated[Path | None, typer.Option(help="Leaderboard folder (default: OUT).")] = None,
               baseline: bool = typer.Option(True, help="Include the MorphometricRandomForest baseline."),
+              random_init: bool = typer.Option(True, help="Add each model's architecture at random init (control)."),
+              hybrid: bool = typer.Option(True, help="Add embedding ⊕ morphometrics logistic regression rows."),
+              finetune_epochs: Annotated[int, typer.Option(min=0, help="Full fine-tuning rows (most epochs; "
+                                                                  "0: none).")] = 30,
               device: Device = "cpu",
               threads: Threads = None) -> None:
     """Evaluate models (+ the morphometric random-forest baseline) and update the leaderboard."""
@@ -209,7 +213,8 @@ def benchmark(model: Annotated[list[Path], typer.Option("--model", "-m", help="B
 
     rows = run_benchmark(model, store, out, names=name or None, labels=labels, k=k, test_size=test_size,
                          seed=seed, min_count=min_count, baseline=baseline, device=device,
-                         leaderboard=leaderboard)
+                         leaderboard=leaderboard, random_init=random_init, hybrid=hybrid,
+                         finetune_epochs=finetune_epochs)
     table = Table(title=f"{Path(store).name}: {rows['n_classes'].iloc[0]} classes, "
                         f"{rows['n_train'].iloc[0]} train / {rows['n_test'].iloc[0]} test (seed {seed})")
     cols = ["model", "method", "top1", "balanced_accuracy", "macro_f1", "ood_auroc", "trait_r2"]

@@ -153,13 +153,19 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
                   test_size: float = 0.3, seed: int = 0, min_count: int = 10, rare: str = "exclude",
                   baseline: bool = True, baseline_trees: int = 300, device: str = "cpu",
                   max_tokens_per_batch: int = 4096, leaderboard: str | Path | None = None,
+                  random_init: bool = True, hybrid: bool = True, finetune_epochs: int = 0,
                   progress: bool = True) -> pd.DataFrame:
     """Evaluate backbones (and the morphometric baseline) on a labelled store.
 
     *labels* optionally names a CSV/Parquet with ``object_id, label`` overriding the store's
     labels. Writes ``OUT/<model>_<method>/{classification_report.csv, confusion.png}``,
     ``OUT/ood_<model>.csv`` (per held-out class and novelty method) and appends to ``<leaderboard or OUT>/leaderboard.{csv,md}``.
-    Returns this run's leaderboard rows.
+    Every row uses the same stratified split. Besides each model's frozen k-NN and linear
+    probe: *random_init* adds the same architecture at random initialisation (the control
+    any pretraining is judged against), *hybrid* a logistic regression on the embedding ⊕ the
+    morphometric features (EcoTaxa's practice), *finetune_epochs* > 0 full fine-tuning on the
+    training split (:func:`~aqqua_geo.downstream.finetune.finetune`, validation carved out of
+    the training split; the test split is never seen). Returns this run's leaderboard rows.
     """
     from sklearn.model_selection import train_test_split
     from tqdm.auto import tqdm
@@ -189,24 +195,57 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
     common = {"date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "store": Path(store_dir).name,
               "n_classes": int(len(np.unique(y))), "n_train": int(len(tr)), "n_test": int(len(te)), "seed": seed}
     results: list[dict[str, Any]] = []
-    for model_path, name in tqdm(list(zip(models, names)), desc="benchmark", unit="model", disable=not progress):
-        model = load_backbone(model_path, device=device)
-        emb = embed_images(model, images, list(px), max_tokens_per_batch=max_tokens_per_batch, device=device)
+    from aqqua_geo.downstream.baseline import MorphometricRandomForest
+
+    rf = MorphometricRandomForest(n_estimators=baseline_trees, random_state=seed)
+    feats = rf.features(images, list(px), progress=progress) if (baseline or hybrid) else None
+
+    def add_rows(name: str, emb: np.ndarray, sha: str, with_hybrid: bool) -> None:
         ood = leave_one_class_out(emb, y, test_size=test_size, seed=seed, k=min(k, 10))
         ood.to_csv(out_dir / f"ood_{_slug(name)}.csv", index=False)
         knn_auroc = float(ood.loc[ood["method"] == "knn", "auroc"].mean())
         trait_r2 = _trait_r2(emb, traits, tr, te)
-        for method, head in ((f"knn{k}", KNNClassifier(k=k)), ("linear", LinearProbe())):
-            pred = head.fit(emb[tr], y[tr]).predict(emb[te])
+        heads = [(f"knn{k}", KNNClassifier(k=k), emb), ("linear", LinearProbe(), emb)]
+        if with_hybrid and feats is not None:
+            heads.append(("hybrid", _HybridHead(), np.hstack([emb, np.asarray(feats, np.float64)])))
+        for method, head, x in heads:
+            pred = head.fit(x[tr], y[tr]).predict(x[te])
             save_reports(y[te], pred, out_dir / f"{_slug(name)}_{method}", f"{name} — {method}")
             results.append({**common, "model": name, "method": method, **classification_metrics(y[te], pred),
-                            "ood_auroc": knn_auroc, "trait_r2": trait_r2,
-                            "model_sha256": file_sha256(model_path)})
-    if baseline:
-        from aqqua_geo.downstream.baseline import MorphometricRandomForest
+                            "ood_auroc": knn_auroc, "trait_r2": trait_r2, "model_sha256": sha})
 
-        rf = MorphometricRandomForest(n_estimators=baseline_trees, random_state=seed)
-        feats = rf.features(images, list(px), progress=progress)
+    for model_path, name in tqdm(list(zip(models, names)), desc="benchmark", unit="model", disable=not progress):
+        model = load_backbone(model_path, device=device)
+        emb = embed_images(model, images, list(px), max_tokens_per_batch=max_tokens_per_batch, device=device)
+        add_rows(name, emb, file_sha256(model_path), hybrid)
+        if random_init:
+            from aqqua_geo.foundation.vit import build_backbone
+
+            torch_seed(seed)
+            control = build_backbone(model.cfg).to(device).eval()
+            add_rows(f"{name} (random init)", embed_images(control, images, list(px), device=device,
+                                                           max_tokens_per_batch=max_tokens_per_batch), "", False)
+        if finetune_epochs > 0:
+            from aqqua_geo.downstream.classify import ClassifierBundle
+            from aqqua_geo.downstream.finetune import finetune
+
+            train_labels = [None] * len(store)
+            for i in tr:
+                train_labels[int(rows[i])] = str(y[i])
+            ft_backbone, ft_clf = finetune(model_path, store, out_dir / f"finetune_{_slug(name)}",
+                                           labels=train_labels, epochs=finetune_epochs, min_count=2,
+                                           rare="exclude", seed=seed, device=device, novelty="knn",
+                                           max_tokens_per_batch=max_tokens_per_batch, progress=progress)
+            ft_model = load_backbone(ft_backbone, device=device)
+            ft_emb = embed_images(ft_model, [images[i] for i in te], list(px[te]), device=device,
+                                  max_tokens_per_batch=max_tokens_per_batch)
+            bundle = ClassifierBundle.load(ft_clf)
+            pred = bundle.classes[bundle.predict_proba(ft_emb).argmax(axis=1)]
+            save_reports(y[te], pred, out_dir / f"{_slug(name)}_finetune", f"{name} — full fine-tuning")
+            results.append({**common, "model": name, "method": "finetune", **classification_metrics(y[te], pred),
+                            "ood_auroc": float("nan"), "trait_r2": float("nan"),
+                            "model_sha256": file_sha256(ft_backbone)})
+    if baseline:
         rf.fit_features(feats.iloc[tr], y[tr])
         pred = rf.classes_[rf.predict_proba_features(feats.iloc[te]).argmax(axis=1)]
         save_reports(y[te], pred, out_dir / "baseline_rf", f"{BASELINE_NAME} (baseline)")
@@ -216,6 +255,30 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
                         "trait_r2": float("nan"), "model_sha256": ""})
     update_leaderboard(results, leaderboard or out_dir)
     return pd.DataFrame(results, columns=LEADERBOARD_COLUMNS)
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+class _HybridHead:
+    """Logistic regression on standardised [embedding ⊕ morphometric features] (class-balanced)."""
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> _HybridHead:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        x = np.nan_to_num(np.asarray(x, np.float64))
+        self.model_ = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000,
+                                                                         class_weight="balanced"))
+        self.model_.fit(x, y)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model_.predict(np.nan_to_num(np.asarray(x, np.float64)))
 
 
 def _read_labels(path: str | Path, store) -> list[str | None]:

@@ -43,9 +43,19 @@ def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
     model = save_backbone(build_backbone(TINY), tmp_path / "random_vit.pt")
     store = make_store(tmp_path, bundled_data)
     out = tmp_path / "bench"
-    rows = run_benchmark([model], store, out, k=5, min_count=5, baseline_trees=30, progress=False)
+    rows = run_benchmark([model], store, out, k=5, min_count=5, baseline_trees=30, progress=False,
+                         finetune_epochs=2)
     assert list(rows.columns) == LEADERBOARD_COLUMNS
-    assert list(rows["model"]) == ["random_vit", "random_vit", BASELINE_NAME]
+    # every row family on the same split: frozen heads, hybrid, the random-init control,
+    # full fine-tuning, then the morphometric baseline
+    assert list(zip(rows["model"], rows["method"])) == [
+        ("random_vit", "knn5"), ("random_vit", "linear"), ("random_vit", "hybrid"),
+        ("random_vit (random init)", "knn5"), ("random_vit (random init)", "linear"),
+        ("random_vit", "finetune"), (BASELINE_NAME, "rf_morphometrics")]
+    assert set(rows["n_test"]) == {15}
+    # the control of a randomly initialised model with the same seed is that model
+    assert rows.loc[0, "top1"] == rows.loc[3, "top1"]
+    rows = rows.drop(index=[2, 3, 4, 5]).reset_index(drop=True)
     # darksphere copies were dropped by the store: 4 classes × 12, split 70/30 stratified
     assert set(rows["n_classes"]) == {4} and set(rows["n_test"]) == {15} and set(rows["n_train"]) == {33}
     assert rows[["top1", "balanced_accuracy", "macro_f1", "ood_auroc"]].apply(lambda c: c.between(0, 1)).all().all()
@@ -63,12 +73,13 @@ def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
     assert "darksphere" not in set(pd.read_csv(out / "classes.csv")["label"])
 
     # same seed → same split and numbers; the leaderboard grows by one run
-    again = run_benchmark([model], store, out, k=5, min_count=5, baseline_trees=30, progress=False)
+    again = run_benchmark([model], store, out, k=5, min_count=5, baseline_trees=30, progress=False,
+                          random_init=False, hybrid=False)
     pd.testing.assert_frame_equal(again.drop(columns="date_utc"), rows.drop(columns="date_utc"))
     board = pd.read_csv(out / "leaderboard.csv")
-    assert len(board) == 6
+    assert len(board) == 10
     md = (out / "leaderboard.md").read_text()
-    assert BASELINE_NAME in md and "random_vit" in md and md.count("\n| ") == 7  # header + 6 rows
+    assert BASELINE_NAME in md and "random_vit" in md and md.count("\n| ") == 11  # header + 10 rows
 
 
 def test_benchmark_bad_inputs(tmp_path, bundled_data):
