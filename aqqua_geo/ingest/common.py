@@ -9,6 +9,7 @@ import os
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -166,19 +167,31 @@ class SourceTree:
                                              f"({'decompressed' if self._zip is not None else 'on disk'}), more than "
                                              f"the {cap} bytes an ingestor reads for it")
         if self._zip is not None:
-            with self._zip.open(self._entries.get(name, name)) as fh:  # stops at the declared size
-                data = fh.read(cap + 1)
+            try:
+                with self._zip.open(self._entries.get(name, name)) as fh:  # stops at the declared size
+                    data = fh.read(cap + 1)
+            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError, zlib.error) as err:
+                raise InvalidRecord("corrupt_image" if name.lower().endswith(IMAGE_SUFFIXES) else "bad_row",
+                                    f"{self.display(name)}: cannot be read from the archive "
+                                    f"({type(err).__name__}: {err})") from None
             if len(data) > cap:
                 raise InvalidRecord("too_large", f"{self.display(name)}: more than {cap} bytes decompressed")
             return data
-        return (self.src / name).read_bytes()
+        try:
+            return (self.src / name).read_bytes()
+        except OSError as err:
+            raise InvalidRecord("missing_image" if name.lower().endswith(IMAGE_SUFFIXES) else "bad_row",
+                                f"{self.display(name)}: cannot be read ({err.strerror or err})") from None
 
     def size(self, name: str) -> int:
         if name in self.refused:
             return 0
         if self._zip is not None:
             return self._zip.getinfo(self._entries.get(name, name)).file_size
-        return (self.src / name).stat().st_size
+        try:
+            return (self.src / name).stat().st_size
+        except OSError:
+            return 0
 
     def display(self, name: str) -> str:
         """A path a user can find: ``folder/name`` or ``archive.zip!name``."""
@@ -239,7 +252,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         raise InvalidRecord("corrupt_image", f"{name}: not a readable image (unknown format or corrupt header)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as err:
         raise InvalidRecord("too_large", f"{name}: image too large to decode safely ({type(err).__name__}: {err})") from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a crafted file can make any decoder raise anything: one record
         raise InvalidRecord("corrupt_image", f"{name}: cannot decode image ({type(err).__name__}: {err})") from None
     if arr.size == 0:
         raise InvalidRecord("empty_image", f"{name}: image has no pixels")

@@ -273,7 +273,10 @@ def _checked(item: Item, source: str) -> tuple[np.ndarray, dict[str, Any]]:
 def _dry_add(oid, image: np.ndarray, record: dict, source: str, seen: dict, known: dict, report: IngestReport,
              warnings: list[str] | None = None) -> str:
     """What :meth:`StoreWriter.add` would answer, without writing."""
-    digest = codec.content_hash(image)
+    try:
+        digest = codec.content_hash(image)
+    except (TypeError, ValueError) as err:
+        raise InvalidRecord("corrupt_image", f"{oid}: {err}") from None
     if oid in known:
         if known[oid] != digest:
             raise InvalidRecord("duplicate_object_id", f"{oid}: object id already in the store with different pixels")

@@ -53,7 +53,12 @@ def read_manifest(store_dir: str | Path) -> dict[str, Any]:
     path = Path(store_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{store_dir}: not an AqQua store (no {MANIFEST})")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise StoreError(f"{path}: not a readable manifest ({err}); restore it from a backup") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{path}: not a manifest (a JSON {type(manifest).__name__}, expected an object)")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
     major = str(manifest.get("format_version", "0")).split(".")[0]

@@ -52,6 +52,10 @@ def read_snapshot(store_dir: str | Path) -> tuple[dict[str, Any], pa.Table]:
         except FileNotFoundError:
             table = None
         problems = check_files(path, manifest, table)
+        if table is not None:
+            missing = [n for n in HARMONISED_SCHEMA.names if n not in table.column_names]
+            if missing:
+                problems.append(f"metadata.parquet lacks the columns {missing}")
         if not problems:
             return manifest, (table if table is not None else HARMONISED_SCHEMA.empty_table())
         gen, want = (table_generation(table) if table is not None else None), manifest.get("generation")

@@ -504,3 +504,58 @@ def test_decode_error_names_the_object(store):
     env.close()
     with pytest.raises(StoreError, match=f"{victim}: image in .*shard-0000.lmdb"):
         AqquaStore(store).get(victim)
+
+
+@pytest.mark.parametrize("damage", ["manifest_json", "manifest_list", "metadata_garbage", "metadata_columns"])
+def test_damaged_store_files_are_clear_errors(store, damage):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if damage == "manifest_json":
+        (store / "manifest.json").write_text('{"format": "aqqua", ')
+    elif damage == "manifest_list":
+        (store / "manifest.json").write_text("[1, 2]")
+    elif damage == "metadata_garbage":
+        (store / "metadata.parquet").write_bytes(b"PAR1 not really")
+    else:
+        pq.write_table(pa.table({"x": list(range(8))}), store / "metadata.parquet")
+    with pytest.raises(StoreError, match="manifest|metadata.parquet"):
+        AqquaStore(store)
+
+
+def test_corrupt_zip_member_rejects_its_record_only(m106, tmp_path):
+    zpath = tmp_path / "src.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_STORED) as z:
+        for p in sorted((m106 / N2).iterdir()):
+            z.write(p, p.name)
+    data = bytearray(zpath.read_bytes())
+    with zipfile.ZipFile(zpath) as z:
+        info = z.getinfo("m106_mn01_n2_sml_1081.jpg")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start + 100:start + 140] = b"\x00" * 40  # bad CRC
+    zpath.write_bytes(bytes(data))
+    rep = validate(zpath, fmt="ecotaxa", progress=False)
+    _accounted(rep)
+    assert rep.rejected_by_reason == {"corrupt_image": 1} and "cannot be read from the archive" in rep.rejections[0]["detail"]
+
+
+def test_any_decoder_error_is_one_corrupt_record(uvp6, tmp_path, monkeypatch):
+    from aqqua_geo.ingest import common
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for p in sorted((uvp6 / "fiber__9999").glob("*.png"))[:2]:
+        shutil.copy(p, src / p.name)
+    real_open = common.Image.open
+    calls = []
+
+    def flaky(fp, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise EOFError("crafted file")
+        return real_open(fp, *a, **k)
+
+    monkeypatch.setattr(common.Image, "open", flaky)
+    rep = validate(src, fmt="folder", constants=FOLDER_SET, progress=False)
+    _accounted(rep)
+    assert rep.rejected_by_reason == {"corrupt_image": 1} and rep.ingested == 1
