@@ -26,11 +26,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from aqqua_geo import data
+
 
 @dataclass
 class DemoResult:
@@ -40,6 +42,7 @@ class DemoResult:
     paths: dict[str, Path] = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    leaderboard: Any = None  # pandas DataFrame of this run's leaderboard rows, best first
 
 
 def run_demo(out: str | Path = "demo_out", pretrain_minutes: float = 2.0, console: Console | None = None) -> DemoResult:
@@ -62,9 +65,9 @@ def run_demo(out: str | Path = "demo_out", pretrain_minutes: float = 2.0, consol
 
     steps: list[tuple[str, Callable[[DemoResult], None]]] = [
         ("ingest bundled EcoTaxa + IFCB + UVP6 data", _ingest),
-        (f"pretrain the tiny ViT ({pretrain_minutes:g} min cap)", lambda r: _pretrain(r, pretrain_minutes)),
-        ("k-NN classifier + embed + predict", _predict),
-        ("benchmark vs morphometric baseline", _benchmark),
+        (f"pretrain the cpu ViT ({pretrain_minutes:g} min cap)", lambda r: _pretrain(r, pretrain_minutes)),
+        ("leaderboard: SSL vs random init vs morphometrics, frozen / fine-tuned / hybrid", _benchmark),
+        ("best deployable classifier + embed + predict", _predict),
         ("EcoTaxa export", _export),
         ("per-sample concentrations, biomass, diversity", _samples),
         ("carbon export at BATS (UVP5 particles)", _flux),
@@ -89,52 +92,67 @@ def _ingest(r: DemoResult) -> None:
 
     store = r.out / "store"
     ecotaxa = data.path("ecotaxa_m106")
-    reports = [
-        ingest(ecotaxa / "import_test", store, fmt="ecotaxa"),
-        ingest(ecotaxa / "ref_exports" / "doi", store, fmt="ecotaxa"),  # same images: de-duplicated
-        ingest(data.path("ifcb"), store, fmt="ifcb", positions=data.DATA_DIR / "ifcb_positions.csv"),
-    ]
+    ingest(ecotaxa / "import_test", store, fmt="ecotaxa")
+    ingest(ecotaxa / "ref_exports" / "doi", store, fmt="ecotaxa")  # same images: de-duplicated
+    ingest(data.path("ifcb"), store, fmt="ifcb", positions=data.DATA_DIR / "ifcb_positions.csv")
     data.write_uvp6_store(store)
     s = AqquaStore(store)
     r.paths["store"] = store
     r.figures["objects in store"] = f"{len(s)} ({', '.join(f'{k}: {v}' for k, v in s.metadata['instrument'].value_counts().items())})"
-    r.figures["rejected / duplicates"] = (
-        f"{sum(rep.n_rejected for rep in reports)} / {sum(rep.n_duplicates for rep in reports)}"
-    )
+    r.figures["rejected / duplicates"] = f"{len(s.rejected())} / {len(s.duplicates())}"
 
 
 def _pretrain(r: DemoResult, minutes: float) -> None:
     from aqqua_geo.foundation import load_config, pretrain
 
     # 300 steps take about a minute on 2 cores; the time cap bounds slower machines.
-    cfg = load_config("tiny", overrides=["train.max_steps=300", f"train.max_minutes={minutes}"])
+    cfg = load_config("cpu", overrides=["train.max_steps=300", f"train.max_minutes={minutes}"])
     run = pretrain(cfg, r.paths["store"], r.out / "pretrain")
     r.paths["backbone"] = run / "backbone.pt"
     r.paths["pretrain log"] = run / "log.csv"
 
 
-def _predict(r: DemoResult) -> None:
-    from aqqua_geo.downstream.classify import train_classifier
-    from aqqua_geo.downstream.inference import predict_store
-
-    clf_path = r.out / "classifier" / "classifier.joblib"
-    bundle = train_classifier(r.paths["backbone"], r.paths["store"], clf_path, kind="knn", min_count=10, rare="group")
-    r.paths["classifier"] = clf_path
-    r.figures["k-NN validation top-1"] = f"{bundle.metrics['val_top1']:.3f}"
-    pred = predict_store(r.paths["backbone"], r.paths["store"], r.out / "inference", clf_path)
-    r.paths["predictions"] = pred
-    r.paths["embeddings"] = r.out / "inference" / "embeddings.zarr"
+#: leaderboard methods that ``predict_store`` can deploy (a head on this backbone's embeddings)
+DEPLOYABLE = ("knn20", "linear", "finetune")
 
 
 def _benchmark(r: DemoResult) -> None:
     from aqqua_geo.downstream.benchmark import run_benchmark
 
-    rows = run_benchmark([r.paths["backbone"]], r.paths["store"], r.out / "benchmark", names=["tiny-ssl"])
+    rows = run_benchmark([r.paths["backbone"]], r.paths["store"], r.out / "benchmark", names=["cpu-ssl"],
+                         finetune_epochs=10)
     r.paths["leaderboard"] = r.out / "benchmark" / "leaderboard.md"
-    best = rows.sort_values("balanced_accuracy", ascending=False)
+    r.leaderboard = rows.sort_values("balanced_accuracy", ascending=False)
     r.figures["leaderboard"] = "; ".join(
-        f"{row.model}/{row.method}: bal.acc {row.balanced_accuracy:.3f}" for row in best.itertuples()
+        f"{row.model}/{row.method}: bal.acc {row.balanced_accuracy:.3f}" for row in r.leaderboard.itertuples()
     )
+
+
+def _predict(r: DemoResult) -> None:
+    """Classify every image with the leaderboard's best *deployable* method, and say why."""
+    from aqqua_geo.downstream.classify import train_classifier
+    from aqqua_geo.downstream.inference import predict_store
+
+    board = r.leaderboard
+    best = board[(board["model"] == "cpu-ssl") & board["method"].isin(DEPLOYABLE)].iloc[0]
+    overall = board.iloc[0]
+    backbone = r.paths["backbone"]
+    clf_path = r.out / "classifier" / "classifier.joblib"
+    if best["method"] == "finetune":
+        backbone = r.out / "benchmark" / "finetune_cpu-ssl" / "backbone.pt"
+        clf_path = r.out / "benchmark" / "finetune_cpu-ssl" / "classifier.joblib"
+    else:
+        kind = "knn" if best["method"].startswith("knn") else "linear"
+        train_classifier(backbone, r.paths["store"], clf_path, kind=kind, min_count=10, rare="group")
+    r.paths["classifier"] = clf_path
+    why = f"best deployable method on the leaderboard (balanced accuracy {best['balanced_accuracy']:.3f})"
+    if (overall["model"], overall["method"]) != (best["model"], best["method"]):
+        why += (f"; {overall['model']}/{overall['method']} scores higher ({overall['balanced_accuracy']:.3f}) "
+                "but predict deploys only heads on the backbone's embeddings")
+    r.figures["classifier used"] = f"{best['method']} on cpu-ssl: {why}"
+    pred = predict_store(backbone, r.paths["store"], r.out / "inference", clf_path)
+    r.paths["predictions"] = pred
+    r.paths["embeddings"] = r.out / "inference" / "embeddings.zarr"
 
 
 def _export(r: DemoResult) -> None:

@@ -25,8 +25,8 @@ import numpy as np
 
 
 def _packed_batches(model, images, pixel_sizes, per_batch: int = 64):
-    from aqqua_geo.imaging import model_input
     from aqqua_geo.foundation.packing import pack_images
+    from aqqua_geo.imaging import model_input
 
     cfg, row = model.cfg, model.max_tokens_per_image + model.num_prefix_tokens
     batches = [pack_images([model_input(im, model.in_chans, cfg["img_mean"], cfg["img_std"])
@@ -84,11 +84,11 @@ def main() -> None:
     import torch
     from sklearn.model_selection import train_test_split
 
-    from aqqua_geo.downstream.benchmark import classification_metrics
     from aqqua_geo._io import file_sha256
+    from aqqua_geo.downstream.benchmark import classification_metrics
     from aqqua_geo.downstream.classify import ClassifierBundle
-    from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
     from aqqua_geo.downstream.distill import default_student_cfg, distill, export_onnx
+    from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
     from aqqua_geo.foundation.embed import embed_images
     from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore

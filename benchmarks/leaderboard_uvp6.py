@@ -40,8 +40,8 @@ def main() -> None:
 
     import torch
 
-    from aqqua_geo.foundation import load_config, pretrain
     from aqqua_geo.downstream.benchmark import run_benchmark
+    from aqqua_geo.foundation import load_config, pretrain
     from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
 
     args.workdir.mkdir(parents=True, exist_ok=True)

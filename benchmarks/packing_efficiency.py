@@ -19,9 +19,9 @@ from PIL import Image
 
 from aqqua_geo._compat import import_timm
 from aqqua_geo.data import path
-from aqqua_geo.imaging import model_input
 from aqqua_geo.foundation.packing import pack_images, resized_size
 from aqqua_geo.foundation.vit import build_backbone
+from aqqua_geo.imaging import model_input
 
 UVP6_UM_PER_PX = 73.0  # typical UVP6 pixel size; the vignettes ship without one
 

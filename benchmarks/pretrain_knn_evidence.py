@@ -2,15 +2,16 @@
 
 The bundled labelled UVP6 vignettes (``aqqua_geo/data/uvp6_vignettes``; ``darksphere__7777``
 excluded: byte copies of Copepoda with a conflicting label) are split once, stratified by
-class. The tiny config is pretrained **on the training split's images only** (labels unused)
-for a few CPU minutes. Both the trained EMA-teacher backbone and the same run's randomly
-initialised backbone (same seed, same architecture, rebuilt exactly as ``pretrain`` builds
-it) embed every image with ``embed_images``; a cosine kNN (k=20, T=0.07, L2-normalised,
-DINOv2's protocol: ``classify.KNNClassifier``) fitted on the training split is scored on the
-held-out split. Prints both accuracies (plain and class-balanced) and writes
-``knn_evidence.png`` (per-class recall) next to the run.
+class, once per seed. The config (default ``cpu``) is pretrained **on the training split's
+images only** (labels unused). Both the trained EMA-teacher backbone and the same run's
+randomly initialised backbone (same seed, same architecture, rebuilt exactly as
+``pretrain`` builds it) embed every image with ``embed_images`` (CLS token); a cosine kNN
+(k=20, T=0.07, DINOv2's protocol) and a linear probe fitted on the training split are scored
+on the held-out split, beside the morphometric random forest on the same split. Prints a
+table per seed and the means, writes ``knn_evidence.csv`` and ``loss_curves.png`` (DINO and
+iBOT losses, teacher-target entropy, teacher CLS cosine) into ``--out``.
 
-    python benchmarks/pretrain_knn_evidence.py --max-steps 300 --out runs/knn_evidence
+    python benchmarks/pretrain_knn_evidence.py --config cpu --seeds 0 1 2 --out runs/knn_evidence
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-from sklearn.metrics import balanced_accuracy_score, recall_score
+from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 
-from aqqua_geo.downstream.probes import KNNClassifier
-from aqqua_geo.foundation.config import load_config
 from aqqua_geo.data import write_uvp6_store
+from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
+from aqqua_geo.foundation.config import load_config
 from aqqua_geo.foundation.embed import embed_images
 from aqqua_geo.foundation.ssl_meta_arch import SSLMetaArch
 from aqqua_geo.foundation.train import pretrain
@@ -60,89 +62,118 @@ def knn_scores(emb: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.
     return {
         "accuracy": float((pred == labels[test]).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(labels[test], pred)),
-        "recall": recall_score(labels[test], pred, labels=np.unique(labels), average=None, zero_division=0),
     }
 
 
-def plot(results: dict, classes: np.ndarray, png: Path) -> None:
+def linear_scores(emb: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict:
+    pred = LinearProbe().fit(emb[train], labels[train]).predict(emb[test])
+    return {"accuracy": float((pred == labels[test]).mean()),
+            "balanced_accuracy": float(balanced_accuracy_score(labels[test], pred))}
+
+
+def baseline_scores(images, pixel_sizes, labels, train, test, seed: int) -> dict:
+    from aqqua_geo.downstream.baseline import MorphometricRandomForest
+
+    rf = MorphometricRandomForest(n_estimators=300, random_state=seed)
+    feats = rf.features(images, pixel_sizes)
+    rf.fit_features(feats.iloc[train], labels[train])
+    pred = rf.classes_[rf.predict_proba_features(feats.iloc[test]).argmax(axis=1)]
+    return {"accuracy": float((pred == labels[test]).mean()),
+            "balanced_accuracy": float(balanced_accuracy_score(labels[test], pred))}
+
+
+def plot_curves(logs: dict[int, "pd.DataFrame"], png: Path) -> None:
+    """DINO global loss, teacher-target entropy and teacher CLS cosine per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for k, (name, r) in enumerate(results.items()):
-        ax.bar(x + (k - 0.5) * 0.4, r["recall"], width=0.4,
-               label=f"{name} ({r['pool']}): acc {r['accuracy']:.3f}, bal. acc {r['balanced_accuracy']:.3f}")
-    ax.set_xticks(x, classes, rotation=30, ha="right")
-    ax.set_ylabel("kNN recall (held-out)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("UVP6 vignettes: kNN (k=20, cosine) on frozen embeddings")
+    cols = [("dino_global_crops_loss", "DINO global-crop loss"), ("ibot_loss", "iBOT loss"),
+            ("diag_target_entropy", "teacher target entropy / log K"),
+            ("diag_teacher_cls_cos", "teacher CLS pairwise cosine")]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.2))
+    for ax, (col, title) in zip(axes, cols):
+        for seed, log in logs.items():
+            if col in log:
+                ax.plot(log["step"], log[col], label=f"seed {seed}", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
 
 
+def run_seed(args, seed: int, tmp: Path) -> tuple[dict, "pd.DataFrame"]:
+    store = AqquaStore(write_uvp6_store(tmp / f"all_{seed}"))
+    labels = store.metadata["label"].to_numpy()
+    rows = np.arange(len(store))
+    train, test = train_test_split(rows, test_size=args.test_size, stratify=labels, random_state=seed)
+    train_store = copy_subset(store, np.sort(train), tmp / f"train_{seed}")
+    out = (args.out / f"seed{seed}") if args.out else tmp / f"run_{seed}"
+    cfg = load_config(args.config, [f"train.max_steps={args.max_steps}", f"train.max_minutes={args.max_minutes}",
+                                    f"train.seed={seed}", "train.checkpoint_every=100000", *args.override])
+    t0 = time.monotonic()
+    pretrain(cfg, train_store, out, progress=False)
+    minutes = (time.monotonic() - t0) / 60
+    log = pd.read_csv(out / "log.csv")
+    images = [store[int(i)] for i in rows]
+    pixel_sizes = store.metadata["pixel_size_um"].tolist()
+    result = {"seed": seed, "steps": int(log["step"].iloc[-1]), "minutes": minutes,
+              "dino_global_first": float(log["dino_global_crops_loss"].iloc[0]),
+              "dino_global_last": float(log["dino_global_crops_loss"].iloc[-5:].mean()),
+              "teacher_cls_cos_last": float(log["diag_teacher_cls_cos"].iloc[-5:].mean()),
+              "target_entropy_last": float(log["diag_target_entropy"].iloc[-5:].mean())}
+    for name, model in (("ssl", load_backbone(out / "backbone.pt")), ("random", random_init_backbone(cfg))):
+        emb = embed_images(model, images, pixel_sizes, pool="cls")
+        knn = knn_scores(emb, labels, train, test)
+        lin = linear_scores(emb, labels, train, test)
+        result.update({f"{name}_knn": knn["accuracy"], f"{name}_knn_bal": knn["balanced_accuracy"],
+                       f"{name}_linear": lin["accuracy"]})
+    base = baseline_scores(images, pixel_sizes, labels, train, test, seed)
+    result.update({"rf_morphometrics": base["accuracy"], "rf_morphometrics_bal": base["balanced_accuracy"]})
+    return result, log
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--config", default="cpu")
     ap.add_argument("--max-steps", type=int, default=300)
-    ap.add_argument("--max-minutes", type=float, default=10.0, help="wall-clock bound of the pretraining")
+    ap.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock bound of each pretraining")
     ap.add_argument("--test-size", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary folder)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split + training seeds")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="run folder (curves PNG, per-seed runs)")
     ap.add_argument("--override", action="append", default=[], help="extra config overrides")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    results, logs = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        out = args.out or tmp / "run"
-        store = AqquaStore(write_uvp6_store(tmp / "all"))
-        labels = store.metadata["label"].to_numpy()
-        rows = np.arange(len(store))
-        train, test = train_test_split(rows, test_size=args.test_size, stratify=labels, random_state=args.seed)
-        train_store = copy_subset(store, np.sort(train), tmp / "train")
-
-        cfg = load_config(args.config, [f"train.max_steps={args.max_steps}", f"train.max_minutes={args.max_minutes}",
-                                        f"train.seed={args.seed}", "train.checkpoint_every=100000", *args.override])
-        t0 = time.monotonic()
-        pretrain(cfg, train_store, out, progress=True)
-        minutes = (time.monotonic() - t0) / 60
-        steps = int(torch.load(out / "checkpoints" / "last.pt", weights_only=False)["step"])
-
-        images = [store[int(i)] for i in rows]
-        pixel_sizes = store.metadata["pixel_size_um"].tolist()
-        results, by_pool = {}, {}
-        for name, model in (("SSL-pretrained", load_backbone(out / "backbone.pt")),
-                            ("random init", random_init_backbone(cfg))):
-            # Each model is credited with its better pooling (a random ViT's CLS token barely
-            # depends on the image with LayerScale 1e-5; its mean patch token does).
-            scores = {pool: knn_scores(embed_images(model, images, pixel_sizes, pool=pool), labels, train, test)
-                      for pool in ("cls", "pooled")}
-            by_pool[name] = scores
-            best = max(scores, key=lambda p: scores[p]["balanced_accuracy"])
-            results[name] = {**scores[best], "pool": best}
-        classes = np.unique(labels)
-        if args.out:
-            plot(results, classes, out / "knn_evidence.png")
-
-    print(f"kNN evidence: {args.config} config, {steps} steps in {minutes:.1f} min on {len(train)} training "
-          f"images (labels unused); kNN k=20 cosine T=0.07 fitted on them, scored on {len(test)} held-out "
-          f"images, {len(classes)} classes (stratified split, seed {args.seed})")
-    print(f"{'embeddings':16s} {'pool':7s} {'accuracy':>9s} {'balanced acc':>13s}")
-    for name, scores in by_pool.items():
-        for pool, r in scores.items():
-            print(f"{name:16s} {pool:7s} {r['accuracy']:9.3f} {r['balanced_accuracy']:13.3f}")
-    ssl, rnd = results["SSL-pretrained"], results["random init"]
-    print(f"best pool each (SSL {ssl['pool']}, random {rnd['pool']}): SSL - random = "
-          f"{ssl['accuracy'] - rnd['accuracy']:+.3f} accuracy, "
-          f"{ssl['balanced_accuracy'] - rnd['balanced_accuracy']:+.3f} balanced accuracy")
-    print("per-class recall (SSL / random): " + ", ".join(
-        f"{c} {a:.2f}/{b:.2f}" for c, a, b in zip(classes, ssl["recall"], rnd["recall"])))
+        for seed in args.seeds:
+            result, logs[seed] = run_seed(args, seed, Path(tmp))
+            results.append(result)
+            print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in result.items()), flush=True)
+    table = pd.DataFrame(results)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out / "knn_evidence.csv", index=False)
+        plot_curves(logs, args.out / "loss_curves.png")
+    print(f"\nkNN evidence: {args.config} config ({' '.join(args.override) or 'no overrides'}), "
+          f"{len(args.seeds)} seeds; pretrained on each seed's training split only (labels unused); "
+          "kNN k=20 cosine T=0.07 / linear probe / morphometric random forest, held-out split")
+    cols = ["seed", "steps", "minutes", "dino_global_first", "dino_global_last", "teacher_cls_cos_last",
+            "target_entropy_last", "ssl_knn", "random_knn", "ssl_linear", "random_linear", "rf_morphometrics"]
+    print(table[cols].round(3).to_string(index=False))
+    mean = table.mean(numeric_only=True)
+    print(f"mean: SSL kNN {mean['ssl_knn']:.3f} vs random init {mean['random_knn']:.3f} "
+          f"({100 * (mean['ssl_knn'] - mean['random_knn']):+.1f} points; goal >= +15), "
+          f"linear {mean['ssl_linear']:.3f} vs {mean['random_linear']:.3f}, "
+          f"morphometric RF {mean['rf_morphometrics']:.3f}; DINO global loss "
+          f"{100 * (1 - mean['dino_global_last'] / mean['dino_global_first']):.0f} % below its start (goal >= 25 %), "
+          f"teacher CLS cosine {mean['teacher_cls_cos_last']:.2f} (goal < 0.9)")
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aqqua_geo.data import write_uvp6_store
 from aqqua_geo.foundation.collate import collate_multicrop
 from aqqua_geo.foundation.config import load_config
-from aqqua_geo.data import write_uvp6_store
 from aqqua_geo.foundation.data import MultiCropDataset
 from aqqua_geo.foundation.packing import PackedBatch, PackedLayout
 from aqqua_geo.foundation.sampler import BalancedSampler, curation_probabilities
@@ -232,6 +232,8 @@ def main() -> None:
         sparse_eff = float(np.mean([efficiency(b, "sparse") for b in batches[2:]]))
         print(f"sparse (one row per batch, block-sparse attention): efficiency {sparse_eff:.3f}; "
               "timed on CUDA only (FlexAttention has no CPU backward)")
+    if device.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     speedup = results["packed"]["tokens_per_s"] / results["padded"]["tokens_per_s"]
     print(f"packed / padded tokens/s: {speedup:.2f}x; packing efficiency {results['packed']['efficiency']:.3f} "
           f"(goal >= 0.95) vs padded {results['padded']['efficiency']:.3f}")

@@ -171,7 +171,8 @@ def distill(teacher: Annotated[Path, typer.Option(help="Teacher backbone.pt.", e
             threads: Threads = None) -> None:
     """Distil a teacher backbone into a small student (OUT/student.pt, OUT/student.onnx)."""
     _set_threads(threads)
-    from aqqua_geo.downstream.distill import default_student_cfg, distill as run_distill, export_onnx
+    from aqqua_geo.downstream.distill import default_student_cfg, export_onnx
+    from aqqua_geo.downstream.distill import distill as run_distill
     from aqqua_geo.foundation.vit import load_backbone
 
     cfg = default_student_cfg(load_backbone(teacher).cfg, arch)

@@ -59,7 +59,7 @@ Output units: ``carbon_ugC`` in µg C per object (1 µg = 10⁶ pg = 10⁻³ mg)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path

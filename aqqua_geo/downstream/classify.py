@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aqqua_geo._io import atomic_path, file_sha256
+from aqqua_geo._io import file_sha256
 from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe, softmax
 
 BUNDLE_FORMAT = "aqqua-classifier"
@@ -290,8 +290,14 @@ def finish_bundle(head, backbone_path: str | Path, emb: np.ndarray, labels: np.n
     """
     from sklearn.metrics import balanced_accuracy_score
 
-    from aqqua_geo.downstream.novelty import (EMBEDDING_METHODS, METHODS, NoveltyScorer,
-                                              holdout_class_evaluation, select_method, summarise)
+    from aqqua_geo.downstream.novelty import (
+        EMBEDDING_METHODS,
+        METHODS,
+        NoveltyScorer,
+        holdout_class_evaluation,
+        select_method,
+        summarise,
+    )
 
     if novelty != "auto" and novelty not in METHODS:
         raise ValueError(f"novelty must be 'auto' or one of {METHODS}, got {novelty!r}")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from aqqua_geo._io import file_sha256
-from aqqua_geo.downstream.classify import finish_bundle, split_train_val, labelled_subset
+from aqqua_geo.downstream.classify import finish_bundle, labelled_subset, split_train_val
 from aqqua_geo.downstream.probes import LinearProbe
 
 __all__ = ["class_weights", "dihedral", "finetune", "layer_decay_param_groups"]

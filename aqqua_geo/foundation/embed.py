@@ -27,10 +27,9 @@ import numpy as np
 import torch
 
 from aqqua_geo._io import file_sha256
-from aqqua_geo.imaging import model_input
-
 from aqqua_geo.foundation.packing import grid_size, pack_images
 from aqqua_geo.foundation.vit import PlanktonViT
+from aqqua_geo.imaging import model_input
 
 POOLINGS = ("cls", "pooled", "concat")
 EMBEDDINGS = "embeddings.zarr"

@@ -15,11 +15,14 @@ class DINOHead(nn.Module):
     bottleneck is L2-normalised and mapped to ``n_prototypes`` logits by a bias-free linear
     layer whose weight rows are normalised (weight norm with the gain fixed to 1), so the
     logits are cosine similarities to the prototypes. ``last_layer`` is the layer DINOv2
-    freezes during the first epoch.
+    freezes during the first epoch. ``use_bn`` adds BatchNorm after the hidden linear layers
+    (an option of DINOv2's head): the batch's shared component is removed before the
+    prototypes, so images whose CLS tokens are nearly identical (a small ViT at init) still
+    get distinct targets.
     """
 
     def __init__(self, in_dim: int, n_prototypes: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3) -> None:
+                 nlayers: int = 3, use_bn: bool = False) -> None:
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"head_nlayers must be >= 1, got {nlayers}")
@@ -28,6 +31,8 @@ class DINOHead(nn.Module):
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
             if i < nlayers - 1:
+                if use_bn:  # DINOv2's `use_bn`: normalise the hidden layers over the batch
+                    layers.append(nn.BatchNorm1d(b))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp:

@@ -39,9 +39,25 @@ from aqqua_geo.foundation.packing import PackedBatch, concat_packed
 from aqqua_geo.foundation.vit import build_backbone
 
 STUDENT_TEMP = 0.1
-HEAD_DEFAULTS = {"head_n_prototypes": 65536, "head_bottleneck_dim": 256, "head_hidden_dim": 2048, "head_nlayers": 3}
-DINO_DEFAULTS = {"loss_weight": 1.0, "koleo_loss_weight": 0.1, **HEAD_DEFAULTS}
-IBOT_DEFAULTS = {"loss_weight": 1.0, "separate_head": False, **HEAD_DEFAULTS}
+
+
+def _section_defaults(section: str) -> dict[str, Any]:
+    """A section of the packaged ``default.yaml``: the one place these defaults live."""
+    from pathlib import Path
+
+    from aqqua_geo.config import yaml_load
+
+    return yaml_load((Path(__file__).resolve().parent / "configs" / "default.yaml").read_text())[section]
+
+
+def _merged(cfg: dict[str, Any], section: str) -> dict[str, Any]:
+    defaults = _section_defaults(section)
+    given = cfg.get(section, {}) or {}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {section} config key(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
 CENTERINGS = ("sinkhorn_knopp", "centering")
 # Parameters that get no weight decay besides biases and norms (DINOv2 param_groups.py).
 _NO_WD = ("gamma", "pos_embed", "cls_token", "mask_token", "register_tokens")
@@ -55,7 +71,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 def _make_head(head_cfg: dict[str, Any], in_dim: int) -> DINOHead:
     return DINOHead(in_dim, head_cfg["head_n_prototypes"], head_cfg["head_hidden_dim"],
-                    head_cfg["head_bottleneck_dim"], head_cfg["head_nlayers"])
+                    head_cfg["head_bottleneck_dim"], head_cfg["head_nlayers"], bool(head_cfg["head_use_bn"]))
 
 
 class SSLMetaArch(nn.Module):
@@ -65,8 +81,8 @@ class SSLMetaArch(nn.Module):
         super().__init__()
         if "model" not in cfg:
             raise ValueError("SSLMetaArch: config has no 'model' block")
-        self.dino_cfg = {**DINO_DEFAULTS, **{k: v for k, v in cfg.get("dino", {}).items() if k in DINO_DEFAULTS}}
-        self.ibot_cfg = {**IBOT_DEFAULTS, **{k: v for k, v in cfg.get("ibot", {}).items() if k in IBOT_DEFAULTS}}
+        self.dino_cfg = _merged(cfg, "dino")
+        self.ibot_cfg = _merged(cfg, "ibot")
         self.centering = cfg.get("train", {}).get("centering", "sinkhorn_knopp")
         if self.centering not in CENTERINGS:
             raise ValueError(f"train.centering must be one of {CENTERINGS}, got {self.centering!r}")
@@ -224,6 +240,11 @@ class SSLMetaArch(nn.Module):
             raise RuntimeError("student and teacher parameter lists differ; was one of them re-wrapped?")
         torch._foreach_mul_(t_params, momentum)
         torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1.0 - momentum)
+        # BatchNorm statistics of a head with use_bn are buffers: the eval-mode teacher uses the
+        # same EMA of them as of the weights.
+        for t_buf, s_buf in zip(self.teacher.buffers(), self.student.buffers()):
+            if t_buf.dtype.is_floating_point:
+                t_buf.mul_(momentum).add_(s_buf.detach(), alpha=1.0 - momentum)
 
     # -- optimiser ---------------------------------------------------------------------------
     def param_groups(self, layer_decay: float = 0.9, patch_embed_lr_mult: float = 0.2) -> list[dict[str, Any]]:

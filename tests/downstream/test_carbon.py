@@ -10,7 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aqqua_geo.downstream.carbon import CARBON_GROUPS, alldredge1998_ug, carbon_group_of, estimate_carbon, gallienne2001_ug, lhl2009_dry_weight_ug, load_carbon_groups, mdl2000_diatom_pg, mdl2000_dinoflagellate_pg, mdl2000_protist_pg
+from aqqua_geo.downstream.carbon import (
+    CARBON_GROUPS,
+    alldredge1998_ug,
+    carbon_group_of,
+    estimate_carbon,
+    gallienne2001_ug,
+    lhl2009_dry_weight_ug,
+    load_carbon_groups,
+    mdl2000_diatom_pg,
+    mdl2000_dinoflagellate_pg,
+    mdl2000_protist_pg,
+)
 
 
 def test_menden_deuer_lessard_relations_in_their_published_log_form():

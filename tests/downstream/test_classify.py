@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aqqua_geo.downstream.classify import ClassifierBundle, expected_calibration_error, fit_temperature, group_rare_classes
+from aqqua_geo.downstream.classify import (
+    ClassifierBundle,
+    expected_calibration_error,
+    fit_temperature,
+    group_rare_classes,
+)
 from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe, l2_normalize, softmax
 
 

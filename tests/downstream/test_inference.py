@@ -35,8 +35,7 @@ def tiny_setup(tmp_path_factory, bundled_data):
 def test_embed_store_writes_consolidated_zarr(tiny_setup, tmp_path):
     import zarr
 
-    from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.embed import embed_store, read_embeddings
+    from aqqua_geo.foundation.embed import embed_images, embed_store, read_embeddings
     from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aqqua_geo.downstream.probes import l2_normalize
 from aqqua_geo.downstream.novelty import NoveltyScorer, auroc, energy_score, leave_one_class_out
+from aqqua_geo.downstream.probes import l2_normalize
 
 
 def clusters(seed=0, dim=12, n=60, n_classes=4):
@@ -86,8 +86,13 @@ def test_leave_one_class_out_separates_distinct_clusters():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from aqqua_geo.downstream.novelty import (EMBEDDING_METHODS, holdout_class_evaluation,  # noqa: E402
-                                          select_method, summarise, threshold_at)
+from aqqua_geo.downstream.novelty import (  # noqa: E402
+    EMBEDDING_METHODS,
+    holdout_class_evaluation,
+    select_method,
+    summarise,
+    threshold_at,
+)
 
 
 def test_energy_sign_known_images_have_lower_energy():

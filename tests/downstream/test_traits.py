@@ -321,7 +321,7 @@ def test_ifcb_biovolume_matches_whoi_golden(ifcb_rois, whoi_golden):
 @given(a=st.integers(12, 40), b=st.integers(6, 12))
 def test_moberg_sosik_volumes_of_a_spheroid(a, b):
     """Solid of revolution of a spheroid's projection: 4/3·π·a·b² within 8 %."""
-    from aqqua_geo.downstream.traits import distance_map_volume, solid_of_revolution_volume
+    from aqqua_geo.downstream.traits import solid_of_revolution_volume
 
     img = _ellipse(a, b, shape=(2 * b + 11, 2 * a + 11))
     mask = img > 100

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from aqqua_geo.foundation.embed import embed_images
-from aqqua_geo.imaging import model_input
 from aqqua_geo.foundation.packing import pack_images
 from aqqua_geo.foundation.vit import ARCHS, build_backbone, load_backbone, resolve_model_cfg, save_backbone
+from aqqua_geo.imaging import model_input
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "max_tokens_per_image": 24}
 SIZES = [(9, 13), (4, 4), (3, 2), (20, 8), (16, 16), (30, 5)]
