@@ -73,6 +73,10 @@ def image_features(image: np.ndarray, pixel_size_um: float, method: str | float 
     return feats
 
 
+#: types a saved forest may hold besides skops' defaults (scikit-learn's own tree internals)
+_TRUSTED_FOREST_TYPES = frozenset({"sklearn.tree._tree.Tree", "numpy.dtype", "numpy.ndarray"})
+
+
 class MorphometricRandomForest:
     """Random forest (balanced class weights) on morphometric features of segmented images.
 
@@ -169,22 +173,38 @@ class MorphometricRandomForest:
         return pd.Series(self.model_.feature_importances_, index=FEATURE_NAMES).sort_values(ascending=False)
 
     def save(self, path: str | Path) -> Path:
-        """Pickle the fitted model with joblib (scikit-learn's own persistence)."""
-        import joblib
+        """Write the fitted model with ``skops.io`` (no pickle: loading runs no code)."""
+        import skops.io as sio
+
+        from aqqua_geo._io import atomic_path
 
         self._check_fitted("save")
         path = Path(path)
-        joblib.dump(self, path)
+        params = {k: v for k, v in vars(self).items() if k != "model_"}
+        with atomic_path(path) as tmp:
+            sio.dump({"format": "aqqua-morphometric-rf", "params": params, "model": self.model_}, tmp)
         return path
 
     @staticmethod
     def load(path: str | Path) -> MorphometricRandomForest:
-        import joblib
+        """Read a :meth:`save` file; types outside scikit-learn's forest and numpy are refused."""
+        import skops.io as sio
 
-        obj = joblib.load(path)
-        if not isinstance(obj, MorphometricRandomForest):
+        path = Path(path)
+        try:
+            untrusted = sio.get_untrusted_types(file=path)
+        except Exception as err:  # noqa: BLE001 - a pickle, a zip of something else, a truncated file
+            raise TypeError(f"{path}: not a MorphometricRandomForest file written by save() ({err})") from None
+        unknown = [t for t in untrusted if t not in _TRUSTED_FOREST_TYPES]
+        if unknown:
+            raise TypeError(f"{path}: refused, it holds types outside the trusted list: {unknown}")
+        obj = sio.load(path, trusted=list(untrusted))
+        if not isinstance(obj, dict) or obj.get("format") != "aqqua-morphometric-rf":
             raise TypeError(f"{path}: not a MorphometricRandomForest (got {type(obj).__name__})")
-        return obj
+        rf = MorphometricRandomForest()
+        vars(rf).update(obj["params"])
+        rf.model_ = obj["model"]
+        return rf
 
     def _check_fitted(self, what: str) -> None:
         if self.model_ is None:

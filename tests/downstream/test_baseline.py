@@ -59,7 +59,7 @@ def test_image_api_and_persistence(uvp6, tmp_path):
     assert probs.shape == (5, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     assert (rf.predict(images[:5], UVP6_PIXEL_UM) == rf.classes_[probs.argmax(axis=1)]).all()
-    path = rf.save(tmp_path / "rf.joblib")
+    path = rf.save(tmp_path / "rf.skops")
     again = MorphometricRandomForest.load(path)
     np.testing.assert_array_equal(again.predict_proba(images[:5], UVP6_PIXEL_UM), probs)
     assert rf.feature_importances().index[0] in FEATURE_NAMES
@@ -89,6 +89,6 @@ def test_baseline_errors(tmp_path):
         rf.fit([img, img], 1.0, ["a", "a"])
     import joblib
 
-    joblib.dump({"not": "a model"}, tmp_path / "x.joblib")
+    joblib.dump({"not": "a model"}, tmp_path / "x.joblib")  # a pickle: refused, never unpickled
     with pytest.raises(TypeError, match="not a MorphometricRandomForest"):
         MorphometricRandomForest.load(tmp_path / "x.joblib")
