@@ -14,58 +14,59 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add ``pretrain`` to *app*."""
+    app.command("pretrain")(pretrain_command)
 
-    @app.command("pretrain")
-    def pretrain_command(
-        config: str = typer.Option(
-            ..., "--config", "-c", help="Config YAML, or a name: cpu, tiny (packaged), vit_s14, vit_b14, vit_l14 (./foundation/configs)."
-        ),
-        store: Path = typer.Option(..., "--store", "-s", help="AqQua store to pretrain on."),
-        out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, backbone.pt, log.csv)."),
-        override: list[str] = typer.Option(
-            [], "--set", "--override", help="Config override key.sub=value (YAML value); repeatable."
-        ),
-        init: Path = typer.Option(
-            None, "--init", help="Warm start: official DINOv2 checkpoint, timm ViT state dict or backbone.pt "
-            "(= --set model.init=PATH; the architecture is read from the file)."
-        ),
-        max_steps: int = typer.Option(
-            None, "--max-steps", help="= --set train.max_steps=N; 0 writes the initial backbone (random-init control)."
-        ),
-        threads: int = typer.Option(
-            None, "--threads", help="torch CPU threads (default: half the logical CPUs, at least 1: "
-            "on 2 cores one thread ran 300 tiny steps 5x faster than two)."
-        ),
-        resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/checkpoints/last.pt."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    ) -> None:
-        """Pretrain a plankton ViT (DINO + iBOT + KoLeo) on STORE; write OUT/backbone.pt."""
-        from rich.console import Console
 
-        from aqqua_geo.foundation.config import ConfigError, load_config
+def pretrain_command(
+    config: str = typer.Option(
+        ..., "--config", "-c", help="Config YAML, or a name: cpu, tiny (packaged), vit_s14, vit_b14, vit_l14 (./foundation/configs)."
+    ),
+    store: Path = typer.Option(..., "--store", "-s", help="AqQua store to pretrain on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, backbone.pt, log.csv)."),
+    override: list[str] = typer.Option(
+        [], "--set", "--override", help="Config override key.sub=value (YAML value); repeatable."
+    ),
+    init: Path = typer.Option(
+        None, "--init", help="Warm start: official DINOv2 checkpoint, timm ViT state dict or backbone.pt "
+        "(= --set model.init=PATH; the architecture is read from the file)."
+    ),
+    max_steps: int = typer.Option(
+        None, "--max-steps", help="= --set train.max_steps=N; 0 writes the initial backbone (random-init control)."
+    ),
+    threads: int = typer.Option(
+        None, "--threads", help="torch CPU threads (default: half the logical CPUs, at least 1: "
+        "on 2 cores one thread ran 300 tiny steps 5x faster than two)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/checkpoints/last.pt."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Pretrain a plankton ViT (DINO + iBOT + KoLeo) on STORE; write OUT/backbone.pt."""
+    from rich.console import Console
 
-        console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
-        set_cpu_threads(threads)
-        extra = [f"model.init={init}"] if init is not None else []
-        extra += [f"train.max_steps={max_steps}"] if max_steps is not None else []
-        try:
-            cfg = load_config(config, [*override, *extra])
-        except ConfigError as err:
-            console.print(f"[red]error:[/red] {err}")
-            raise typer.Exit(2) from None
-        if not (store / "manifest.json").is_file():
-            console.print(f"[red]error:[/red] {store} is not an AqQua store (no manifest.json)")
-            raise typer.Exit(2)
+    from aqqua_geo.foundation.config import ConfigError, load_config
 
-        from aqqua_geo.foundation.train import pretrain
+    console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
+    set_cpu_threads(threads)
+    extra = [f"model.init={init}"] if init is not None else []
+    extra += [f"train.max_steps={max_steps}"] if max_steps is not None else []
+    try:
+        cfg = load_config(config, [*override, *extra])
+    except ConfigError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    if not (store / "manifest.json").is_file():
+        console.print(f"[red]error:[/red] {store} is not an AqQua store (no manifest.json)")
+        raise typer.Exit(2)
 
-        try:
-            run = pretrain(cfg, store, out, resume=resume, progress=progress)
-        except (FileExistsError, ValueError, FloatingPointError) as err:
-            console.print(f"[red]error:[/red] {err}")
-            raise typer.Exit(1) from None
-        if int(os.environ.get("RANK", "0")) == 0:  # once per job
-            _summary(run, console)
+    from aqqua_geo.foundation.train import pretrain
+
+    try:
+        run = pretrain(cfg, store, out, resume=resume, progress=progress)
+    except (FileExistsError, ValueError, FloatingPointError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    if int(os.environ.get("RANK", "0")) == 0:  # once per job
+        _summary(run, console)
 
 
 def set_cpu_threads(threads: int | None) -> int:

@@ -74,34 +74,35 @@ def _render(info: dict) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add ``info`` to *app*."""
+    app.command("info")(info_cmd)
 
-    @app.command("info")
-    def info_cmd(
-        store: Path = typer.Argument(..., help="Store directory."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
-        check: bool = typer.Option(False, "--check", help="Also read and verify every image (decodes, matches its "
-                                   "content hash); exit 1 naming each bad object."),
-    ) -> None:
-        """Counts per instrument/source, date and space range, label coverage of a store."""
-        try:
-            info = store_info(store)
-        except (OSError, ValueError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
-        problems = None
-        if check:
-            from aqqua_geo.store import AqquaStore
 
-            problems = AqquaStore(store).verify()  # includes the shard problems
-            info["check"] = {"objects": info["objects"], "bad": len(problems), "problems": problems}
-        typer.echo(json.dumps(info, indent=2) if as_json else _render(info))
-        if info["problems"] and not check:
+def info_cmd(
+    store: Path = typer.Argument(..., help="Store directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    check: bool = typer.Option(False, "--check", help="Also read and verify every image (decodes, matches its "
+                               "content hash); exit 1 naming each bad object."),
+) -> None:
+    """Counts per instrument/source, date and space range, label coverage of a store."""
+    try:
+        info = store_info(store)
+    except (OSError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    problems = None
+    if check:
+        from aqqua_geo.store import AqquaStore
+
+        problems = AqquaStore(store).verify()  # includes the shard problems
+        info["check"] = {"objects": info["objects"], "bad": len(problems), "problems": problems}
+    typer.echo(json.dumps(info, indent=2) if as_json else _render(info))
+    if info["problems"] and not check:
+        raise typer.Exit(1)
+    if problems is not None:
+        if not as_json:
+            typer.echo(f"  check: {info['objects'] - len(problems)}/{info['objects']} images verified"
+                       + ("" if not problems else f", {len(problems)} bad:"))
+            for p in problems[:50]:
+                typer.echo(f"    - {p}")
+        if problems:
             raise typer.Exit(1)
-        if problems is not None:
-            if not as_json:
-                typer.echo(f"  check: {info['objects'] - len(problems)}/{info['objects']} images verified"
-                           + ("" if not problems else f", {len(problems)} bad:"))
-                for p in problems[:50]:
-                    typer.echo(f"    - {p}")
-            if problems:
-                raise typer.Exit(1)

@@ -10,7 +10,7 @@ import re
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -351,10 +351,3 @@ def image_cap() -> int:
 def read_image(tree: SourceTree, name: str) -> np.ndarray:
     """Read and decode one image file of *tree* (size-capped before reading)."""
     return decode_image(tree.read_bytes(name, limit=image_cap()), tree.display(name))
-
-
-def iter_images(tree: SourceTree, prefix: str = "") -> Iterator[str]:
-    """Relative paths of the image files of *tree* under *prefix*."""
-    for name in tree.files(IMAGE_SUFFIXES):
-        if name.startswith(prefix):
-            yield name

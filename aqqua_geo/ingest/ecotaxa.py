@@ -21,16 +21,15 @@ from typing import Any
 
 from aqqua_geo.ingest.common import (
     KNOWN_PIXEL_SIZE_UM,
+    MAX_FIELD_CHARS,
     FileProblem,
     Item,
     SourceTree,
     canonical_instrument,
-    decode_image,
     decode_text_with_encoding,
-    MAX_FIELD_CHARS,
-    read_image,
     parse_date_time,
     parse_float,
+    read_image,
 )
 from aqqua_geo.store.schema import InvalidRecord
 

@@ -20,19 +20,18 @@ from typing import Any
 import pandas as pd
 
 from aqqua_geo.ingest import common
-
 from aqqua_geo.ingest.common import (
     IMAGE_SUFFIXES,
     FileProblem,
     Item,
     SourceTree,
     canonical_instrument,
+    decode_image,
     decode_text_with_encoding,
+    image_cap,
     normalise_path,
     parse_date_time,
     parse_float,
-    decode_image,
-    image_cap,
 )
 from aqqua_geo.store.schema import InvalidRecord
 

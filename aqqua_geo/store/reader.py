@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env

@@ -11,7 +11,6 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -326,11 +325,3 @@ def raw_table(rows: list[dict[str, Any]]) -> pa.Table:
         keys.update(dict.fromkeys(r))
     cols = {k: [None if r.get(k) is None else str(r.get(k)) for r in rows] for k in keys}
     return pa.table(cols, schema=pa.schema([(k, pa.string()) for k in keys]))
-
-
-def as_numpy_meta(table: pa.Table) -> pd.DataFrame:
-    """Harmonised table → pandas with nullable strings as object and UTC datetimes."""
-    df = table.to_pandas()
-    for col in ("height", "width", "shard"):
-        df[col] = df[col].astype(np.int32)
-    return df

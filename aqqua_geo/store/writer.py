@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from aqqua_geo._io import atomic_write_bytes, atomic_write_parquet
 from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
-from aqqua_geo._io import atomic_write_bytes, atomic_write_parquet
 from aqqua_geo.store.manifest import (
     GENERATION_KEY,
     MANIFEST,
