@@ -119,6 +119,7 @@ def product_attrs(kind: str, group: str = "", statistic: str = "mean", n_members
         raise ValueError(f"statistic must be 'mean' or 'std', got {statistic!r}")
     attrs["cell_methods"] = "area: mean where sea"
     attrs["comment"] = f"{what}; {attrs['comment']}" if "comment" in attrs else what
+    attrs["coverage_content_type"] = "modelResult"
     return attrs
 
 
@@ -128,6 +129,7 @@ def extrapolation_attrs(group: str, features: list[str]) -> dict[str, Any]:
         "long_name": f"{group}: predictor outside its training range",
         "flag_values": np.array([0, 1], dtype="i1"),
         "flag_meanings": "within_training_range outside_training_range",
+        "coverage_content_type": "qualityInformation",
         "comment": "1 where any of " + ", ".join(features) + " lies outside the [min, max] it had "
                    "in the observations the model was fitted to; -1 (fill) where no prediction",
     }
@@ -189,13 +191,20 @@ def global_attrs(
     return attrs
 
 
-def acdd_attrs(*, summary: str, kinds: list[str], institution: str, license: str) -> dict[str, str]:
+def acdd_attrs(*, summary: str, kinds: list[str], institution: str, license: str,
+               time_coverage: tuple[str | None, str | None] = (None, None)) -> dict[str, str]:
     """ACDD-1.3 discovery attributes of a product set (summary, keywords, licence, creator)."""
     words = ["plankton", "ocean", "habitat model", "boosted regression trees", "UVP"]
     for k in kinds:
         words += [w.strip() for w in KEYWORDS_BY_KIND.get(k, "").split(",") if w.strip()]
     keywords = ", ".join(dict.fromkeys(words))
+    extra = {}
+    if time_coverage[0] and time_coverage[1]:
+        extra = {"time_coverage_start": time_coverage[0], "time_coverage_end": time_coverage[1]}
     return {
+        **extra,
+        "comment": "Annual climatology of the observation period (time_coverage_*); each variable "
+                   "describes the layer or horizon of its depth coordinate",
         "summary": summary,
         "keywords": keywords,
         "license": license,
@@ -217,21 +226,22 @@ def acdd_attrs(*, summary: str, kinds: list[str], institution: str, license: str
 
 
 def coverage_attrs(ds: xr.Dataset) -> dict[str, Any]:
-    """ACDD geospatial (and vertical, when a depth coordinate exists) coverage of *ds*."""
+    """ACDD geospatial (and vertical, when depth coordinates exist) coverage of *ds*: extents
+    of the cell centres, the bounding polygon (WKT, EPSG:4326) and the resolution."""
     attrs: dict[str, Any] = {}
-    if "lat" in ds.coords and ds.sizes.get("lat", 0) > 1:
-        b = cell_bounds(ds["lat"].values)
-        attrs.update(geospatial_lat_min=float(b.min()), geospatial_lat_max=float(b.max()),
-                     geospatial_lat_resolution=f"{float(abs(np.diff(ds['lat'].values).mean())):g} degree")
-    if "lon" in ds.coords and ds.sizes.get("lon", 0) > 1:
-        b = cell_bounds(ds["lon"].values)
-        attrs.update(geospatial_lon_min=float(b.min()), geospatial_lon_max=float(b.max()),
-                     geospatial_lon_resolution=f"{float(abs(np.diff(ds['lon'].values).mean())):g} degree")
+    if "lat" in ds.coords and "lon" in ds.coords and ds.sizes.get("lat", 0) > 1 and ds.sizes.get("lon", 0) > 1:
+        la, lo = ds["lat"].values, ds["lon"].values
+        s_, n_, w_, e_ = float(la.min()), float(la.max()), float(lo.min()), float(lo.max())
+        attrs.update(
+            geospatial_lat_min=s_, geospatial_lat_max=n_, geospatial_lon_min=w_, geospatial_lon_max=e_,
+            geospatial_lat_resolution=f"{float(abs(np.diff(la).mean())):g} degree",
+            geospatial_lon_resolution=f"{float(abs(np.diff(lo).mean())):g} degree",
+            geospatial_bounds=f"POLYGON (({w_:g} {s_:g}, {e_:g} {s_:g}, {e_:g} {n_:g}, {w_:g} {n_:g}, {w_:g} {s_:g}))",
+            geospatial_bounds_crs="EPSG:4326")
     depths = [float(v) for c in ds.coords if str(c).startswith("depth") and not str(c).endswith("_bnds")
               for v in np.atleast_1d(ds[c].values)]
-    depths += [float(v) for c in ds.coords if str(c).startswith("depth") and str(c).endswith("_bnds")
-               for v in np.atleast_1d(ds[c].values)]
     if depths:
         attrs.update(geospatial_vertical_min=min(depths), geospatial_vertical_max=max(depths),
-                     geospatial_vertical_units="m", geospatial_vertical_positive="down")
+                     geospatial_vertical_units="m", geospatial_vertical_positive="down",
+                     geospatial_bounds_vertical_crs="EPSG:5831")  # depth below mean sea level
     return attrs

@@ -356,7 +356,12 @@ def _write_template(ds: xr.Dataset, out_path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out_path.with_name(f"{out_path.name}.template-{os.getpid()}")
     ds.to_zarr(tmp, mode="w", compute=False, consolidated=False)
-    os.replace(tmp, out_path)
+    _rename(tmp, out_path)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """Atomic rename of a finished template into place (a seam for the kill tests)."""
+    os.replace(src, dst)
 
 
 def _consolidate(path: Path) -> None:
@@ -388,8 +393,11 @@ def write_netcdf(zarr_path: str | Path, netcdf_path: str | Path) -> Path:
         enc[v] = {"zlib": True, "complevel": 4, "_FillValue": np.float32(np.nan), "dtype": "f4"}
         if "flag_values" in ds[v].attrs:  # extrapolation flags: int8, -1 = no prediction
             enc[v] = {"zlib": True, "complevel": 4, "_FillValue": np.int8(-1), "dtype": "i1"}
-        if ds[v].encoding.get("coordinates"):
-            enc[v]["coordinates"] = ds[v].encoding["coordinates"]
+            ds[v].attrs["flag_values"] = np.asarray(ds[v].attrs["flag_values"], dtype="i1")
+        # the per-variable `coordinates` (scalar depth) travel in attrs: encodings are replaced
+        coords = ds[v].encoding.pop("coordinates", None)
+        if coords:
+            ds[v].attrs["coordinates"] = coords
     for c in ds.coords:
         enc[c] = {"_FillValue": None}
     netcdf_path = Path(netcdf_path)

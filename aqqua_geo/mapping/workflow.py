@@ -223,7 +223,8 @@ def predict_from_config(cfg: Mapping[str, Any], scheduler: str | None = None,
                "model": cfg["model"], "chunks": pcfg["chunks"], "region_size": pcfg["region_size"],
                "skill": cfg["skill"]}
     attrs = cf.acdd_attrs(summary=_summary(cfg), kinds=[p["kind"] for p in cfg["products"]],
-                          institution=cfg["institution"], license=cfg["license"] or _licence(cfg))
+                          institution=cfg["institution"], license=cfg["license"] or _licence(cfg),
+                          time_coverage=_time_coverage(cfg))
     with dask_session(scheduler or pcfg["scheduler"], progress=progress,
                       n_workers=pcfg["n_workers"], threads_per_worker=pcfg["threads_per_worker"]):
         path = predict_to_zarr(
@@ -239,6 +240,21 @@ def predict_from_config(cfg: Mapping[str, Any], scheduler: str | None = None,
 
         write_totals(totals_table(cfg["products"], products, cube), out)
     return path
+
+
+def _time_coverage(cfg: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The config's time_coverage_start/end, else the date range of the tables' ``datetime``."""
+    if cfg["time_coverage_start"] and cfg["time_coverage_end"]:
+        return str(cfg["time_coverage_start"]), str(cfg["time_coverage_end"])
+    dates = []
+    for spec in {p["table"] or cfg["data"]["table"] for p in cfg["products"]}:
+        df = load_table(spec)
+        if "datetime" in df.columns:
+            t = pd.to_datetime(df["datetime"], utc=True).dropna()
+            dates += [t.min(), t.max()] if len(t) else []
+    if not dates:
+        return None, None
+    return min(dates).strftime("%Y-%m-%d"), max(dates).strftime("%Y-%m-%d")
 
 
 def _licence(cfg: Mapping[str, Any]) -> str:

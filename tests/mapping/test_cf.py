@@ -8,6 +8,7 @@ import xarray as xr
 
 from aqqua_geo.mapping import cf
 
+
 def _cf_standard_names() -> set[str]:
     """The standard-name table compliance-checker ships (the version cf.STANDARD_NAME_VOCABULARY names)."""
     import re

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import xarray as xr
 
 from aqqua_geo.mapping import predict as P
 from aqqua_geo.mapping.model import BRTEnsemble
@@ -188,3 +188,44 @@ def test_dask_session_connects_to_an_existing_scheduler_address():
         with dask_session(cl.scheduler_address, progress=False) as client:
             assert client.scheduler.address == cl.scheduler_address
             assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_kill_right_after_the_store_appears_is_resumable(model, tmp_path, monkeypatch):
+    """The template is written under a temporary name and renamed: a job killed while writing
+    it leaves no half-written store, and a kill just after the rename resumes to the same maps."""
+    cube = _cube()
+    kw = {"chunks": {"lat": 12, "lon": 72}, "progress": False}
+    ref = P.open_product(P.predict_to_zarr(model, cube, tmp_path / "ref.zarr", **kw)).load()
+    real_replace = P._rename
+
+    def die_before_rename(src, dst):  # killed while the template is being written
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(P, "_rename", die_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        P.predict_to_zarr(model, cube, tmp_path / "m.zarr", **kw)
+    assert not (tmp_path / "m.zarr").exists() and list(tmp_path.glob("m.zarr.template-*"))
+
+    def die_after_rename(src, dst):  # killed right after maps.zarr appears
+        real_replace(src, dst)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(P, "_rename", die_after_rename)
+    with pytest.raises(KeyboardInterrupt):
+        P.predict_to_zarr(model, cube, tmp_path / "m.zarr", **kw)
+    assert (tmp_path / "m.zarr").exists() and P.open_product(tmp_path / "m.zarr").attrs["aqqua_complete"] == "false"
+    monkeypatch.setattr(P, "_rename", real_replace)
+    P.predict_to_zarr(model, cube, tmp_path / "m.zarr", **kw)
+    assert not list(tmp_path.glob("m.zarr.template-*"))
+    xr.testing.assert_identical(P.open_product(tmp_path / "m.zarr").load().drop_attrs(), ref.drop_attrs())
+
+
+def test_extrapolation_flag_marks_cells_outside_the_training_range(model):
+    ds = P.predict_lazy({"p": P.Product(model, "generic", "p")}, _cube()).compute()
+    flag = ds["p_extrapolated"].values
+    t = _cube()["temperature"].values
+    lo, hi = model.training_summary_["feature_min"][0], model.training_summary_["feature_max"][0]
+    outside_t = (t < lo) | (t > hi)
+    assert set(np.unique(flag)) <= {-1, 0, 1}
+    assert (flag[np.isnan(t)] == -1).all() and (flag[outside_t] == 1).all()
+    assert flag[np.isfinite(t) & ~outside_t].min() >= 0
