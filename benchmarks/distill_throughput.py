@@ -89,8 +89,8 @@ def main() -> None:
     from aqqua_geo.downstream.classify import ClassifierBundle
     from aqqua_geo.downstream.distill import default_student_cfg, distill, export_onnx
     from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
+    from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore
 
     torch.set_num_threads(args.threads)

@@ -42,7 +42,8 @@ def main() -> None:
 
     from aqqua_geo.downstream.benchmark import run_benchmark
     from aqqua_geo.foundation import load_config, pretrain
-    from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
+    from aqqua_geo.foundation.backbone_io import load_backbone, save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     store = uvp6_store(args.workdir)

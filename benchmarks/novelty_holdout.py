@@ -72,7 +72,8 @@ def backbones(workdir: Path, store: Path, model: Path | None, steps: int, seed: 
     import torch
 
     from aqqua_geo.foundation import load_config, pretrain
-    from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
+    from aqqua_geo.foundation.backbone_io import load_backbone, save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
 
     if model is None:
         run = workdir / f"ssl_tiny_{steps}_seed{seed}"
@@ -122,8 +123,8 @@ def main() -> None:
 
     from aqqua_geo.data import write_uvp6_store
     from aqqua_geo.downstream.novelty import summarise
+    from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore
 
     args.workdir.mkdir(parents=True, exist_ok=True)

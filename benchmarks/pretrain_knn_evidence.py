@@ -29,11 +29,11 @@ from sklearn.model_selection import train_test_split
 
 from aqqua_geo.data import write_uvp6_store
 from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
+from aqqua_geo.foundation.backbone_io import load_backbone
 from aqqua_geo.foundation.config import load_config
 from aqqua_geo.foundation.embed import embed_images
 from aqqua_geo.foundation.ssl_meta_arch import SSLMetaArch
 from aqqua_geo.foundation.train import pretrain
-from aqqua_geo.foundation.vit import load_backbone
 from aqqua_geo.store import AqquaStore, StoreWriter
 
 

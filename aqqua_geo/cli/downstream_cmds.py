@@ -173,7 +173,7 @@ def distill(teacher: Annotated[Path, typer.Option(help="Teacher backbone.pt.", e
     _set_threads(threads)
     from aqqua_geo.downstream.distill import default_student_cfg, export_onnx
     from aqqua_geo.downstream.distill import distill as run_distill
-    from aqqua_geo.foundation.vit import load_backbone
+    from aqqua_geo.foundation.backbone_io import load_backbone
 
     cfg = default_student_cfg(load_backbone(teacher).cfg, arch)
     for key, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads),

@@ -171,8 +171,8 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
     from tqdm.auto import tqdm
 
     from aqqua_geo.downstream.novelty import leave_one_class_out
+    from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore
 
     out_dir = Path(out_dir)

@@ -342,8 +342,8 @@ def train_classifier(backbone_path: str | Path, store, out_path: str | Path, kin
     Splits stratified and seeded into train/validation, calibrates on validation, saves the
     :class:`ClassifierBundle` to *out_path* and returns it.
     """
+    from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore
 
     if kind not in {"knn", "linear"}:

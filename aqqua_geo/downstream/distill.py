@@ -80,14 +80,15 @@ def distill(teacher_path: str | Path, store, out_dir: str | Path, *, student_cfg
 
     Labels are not needed. With a linear *classifier* bundle fitted on the teacher's
     embeddings the class distributions are distilled too. The student is saved with
-    :func:`~aqqua_geo.foundation.vit.save_backbone`; the projection and the loss history go
+    :func:`~aqqua_geo.foundation.backbone_io.save_backbone`; the projection and the loss history go
     in its ``distill`` entry.
     """
     import torch
     from tqdm.auto import tqdm
 
+    from aqqua_geo.foundation.backbone_io import load_backbone, save_backbone
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
     from aqqua_geo.store import AqquaStore
 
     if epochs < 1 or batch_size < 1:
@@ -189,7 +190,7 @@ def export_onnx(backbone_path: str | Path, onnx_path: str | Path, height: int = 
     """
     import onnxruntime as ort
 
-    from aqqua_geo.foundation.vit import load_backbone
+    from aqqua_geo.foundation.backbone_io import load_backbone
 
     model = load_backbone(backbone_path)
     wrapper = SingleImageEmbedder(model, pixel_size_um).eval()

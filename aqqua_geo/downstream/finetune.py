@@ -110,15 +110,15 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
     dihedral augmentation. Training and validation loss are logged every epoch; training stops
     when the validation loss has not improved for *patience* epochs and the best epoch's
     weights are kept. Writes
-    ``OUT/backbone.pt`` (the fine-tuned backbone, :func:`~aqqua_geo.foundation.vit.save_backbone`)
+    ``OUT/backbone.pt`` (the fine-tuned backbone, :func:`~aqqua_geo.foundation.backbone_io.save_backbone`)
     and ``OUT/classifier.joblib`` (its head as a :class:`LinearProbe`, calibrated on the
     validation split, with a novelty scorer); returns both paths.
     """
     import torch
     from tqdm.auto import tqdm
 
+    from aqqua_geo.foundation.backbone_io import load_backbone, save_backbone
     from aqqua_geo.foundation.embed import embed_images, forward_images
-    from aqqua_geo.foundation.vit import load_backbone, save_backbone
     from aqqua_geo.store import AqquaStore
 
     if epochs < 1 or batch_size < 1:

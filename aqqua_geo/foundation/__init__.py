@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "load_config": "aqqua_geo.foundation.config",
     "pretrain": "aqqua_geo.foundation.train",
-    "load_backbone": "aqqua_geo.foundation.vit",
+    "load_backbone": "aqqua_geo.foundation.backbone_io",
     "embed_images": "aqqua_geo.foundation.embed",
 }
 

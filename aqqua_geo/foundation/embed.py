@@ -174,7 +174,7 @@ def embed_store(model_path: str | Path, store_dir: str | Path, out_dir: str | Pa
     import torch
     import zarr
 
-    from aqqua_geo.foundation.vit import load_backbone
+    from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.store import AqquaStore
 
     if chunk_size < 1:

@@ -69,6 +69,11 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def _local(t: Tensor) -> Tensor:
+    """The local shard of an FSDP DTensor parameter (the tensor itself otherwise)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _make_head(head_cfg: dict[str, Any], in_dim: int) -> DINOHead:
     return DINOHead(in_dim, head_cfg["head_n_prototypes"], head_cfg["head_hidden_dim"],
                     head_cfg["head_bottleneck_dim"], head_cfg["head_nlayers"], bool(head_cfg["head_use_bn"]))
@@ -218,7 +223,8 @@ class SSLMetaArch(nn.Module):
         off = (sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1)
         p = teacher_targets.float().clamp_min(1e-12)
         entropy = -(p * p.log()).sum(dim=-1).mean() / math.log(p.shape[-1])
-        gammas = [m.gamma.abs().mean() for m in _unwrap(self.student["backbone"]).modules()
+        # FSDP shards parameters as DTensors: the local shard's mean (averaged over ranks when logged)
+        gammas = [_local(m.gamma).detach().abs().mean() for m in _unwrap(self.student["backbone"]).modules()
                   if hasattr(m, "gamma") and isinstance(m.gamma, Tensor)]
         center = getattr(self, "dino_center", None)
         one = teacher_cls.new_ones((), dtype=torch.float32)
@@ -226,7 +232,7 @@ class SSLMetaArch(nn.Module):
             "diag_teacher_cls_cos": off,
             "diag_target_entropy": entropy,
             "diag_target_max": p.max(dim=-1).values.mean(),
-            "diag_center_norm": center.center.norm() if center is not None else one * 0.0,
+            "diag_center_norm": _local(center.center).norm() if center is not None else one * 0.0,
             "diag_layerscale": torch.stack(gammas).mean() if gammas else one,
         }
 

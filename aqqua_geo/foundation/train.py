@@ -249,8 +249,8 @@ def _build_sampler(cfg: dict, store, env: DistEnv) -> BalancedSampler:
 
 def _embed_store(backbone_path: str, store, device: torch.device) -> np.ndarray:
     """Embeddings of every store image with a previous backbone (DINOv2-style curation)."""
+    from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import load_backbone
 
     model = load_backbone(backbone_path, device=device)
     chunks = []
@@ -411,7 +411,8 @@ def _save(out: Path, step: int, meta, optimizer, sampler_state: dict, cfg, strat
 
 def _export_backbone(meta, cfg: dict, out: Path, step: int, strategy: str, env: DistEnv) -> None:
     """Save the EMA teacher's backbone (a plain, unsharded PlanktonViT) as ``backbone.pt``."""
-    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+    from aqqua_geo.foundation.backbone_io import save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
 
     model_state = _model_state(meta, strategy, env)
     if not env.is_main:

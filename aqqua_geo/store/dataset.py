@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from aqqua_geo.store.reader import ShardReader
+from aqqua_geo.store.shard_reader import ShardReader
 
 if TYPE_CHECKING:
     from aqqua_geo.store.reader import AqquaStore

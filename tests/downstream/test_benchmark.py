@@ -37,7 +37,8 @@ def test_benchmark_writes_leaderboard_with_baseline(tmp_path, bundled_data):
     import torch
 
     from aqqua_geo.downstream.benchmark import BASELINE_NAME, LEADERBOARD_COLUMNS, run_benchmark
-    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+    from aqqua_geo.foundation.backbone_io import save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
 
     torch.manual_seed(0)
     model = save_backbone(build_backbone(TINY), tmp_path / "random_vit.pt")

@@ -48,8 +48,9 @@ def test_layer_decay_groups():
 def test_finetune_end_to_end_with_rare_class(tmp_path, bundled_data):
     from aqqua_geo.downstream.classify import ClassifierBundle
     from aqqua_geo.downstream.finetune import finetune
+    from aqqua_geo.foundation.backbone_io import load_backbone, save_backbone
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
     from aqqua_geo.store import AqquaStore
 
     torch.manual_seed(0)

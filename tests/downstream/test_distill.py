@@ -39,8 +39,9 @@ def test_distill_student_learns_teacher_and_exports(tmp_path, bundled_data):
     from aqqua_geo.downstream.classify import ClassifierBundle
     from aqqua_geo.downstream.distill import distill, export_onnx
     from aqqua_geo.downstream.probes import LinearProbe
+    from aqqua_geo.foundation.backbone_io import load_backbone, save_backbone
     from aqqua_geo.foundation.embed import embed_images
-    from aqqua_geo.foundation.vit import build_backbone, load_backbone, save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
     from aqqua_geo.imaging import model_input
     from aqqua_geo.store import AqquaStore
 
@@ -80,7 +81,8 @@ def test_distill_rejects_knn_classifier(tmp_path, bundled_data):
     from aqqua_geo.downstream.classify import ClassifierBundle
     from aqqua_geo.downstream.distill import distill
     from aqqua_geo.downstream.probes import KNNClassifier
-    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+    from aqqua_geo.foundation.backbone_io import save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
 
     teacher_path = save_backbone(build_backbone(TEACHER), tmp_path / "teacher.pt")
     knn = KNNClassifier().fit(np.eye(3, 48), ["a", "b", "c"])

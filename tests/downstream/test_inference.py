@@ -24,7 +24,8 @@ TINY = {"arch": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_
 def tiny_setup(tmp_path_factory, bundled_data):
     import torch
 
-    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+    from aqqua_geo.foundation.backbone_io import save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
 
     root = tmp_path_factory.mktemp("infer")
     torch.manual_seed(0)
@@ -35,8 +36,8 @@ def tiny_setup(tmp_path_factory, bundled_data):
 def test_embed_store_writes_consolidated_zarr(tiny_setup, tmp_path):
     import zarr
 
+    from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.foundation.embed import embed_images, embed_store, read_embeddings
-    from aqqua_geo.foundation.vit import load_backbone
     from aqqua_geo.store import AqquaStore
 
     model_path, store_dir = tiny_setup
@@ -52,7 +53,8 @@ def test_embed_store_writes_consolidated_zarr(tiny_setup, tmp_path):
     # a second run into the same folder with another model is refused, nothing is changed
     import torch
 
-    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+    from aqqua_geo.foundation.backbone_io import save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
 
     other = save_backbone(build_backbone({**TINY, "depth": 1}), tmp_path / "other.pt")
     with pytest.raises(ValueError, match="embeddings of another model"):
@@ -156,7 +158,8 @@ def test_predict_store_columns_and_classifier(tiny_setup, tmp_path):
     assert {"ece_before", "ece_fitted", "ece_after", "kept"} <= set(bundle.metrics["calibration"])
     assert not (tmp_path / "out" / "predictions.parts").exists()
     # classifier trained on another backbone is refused before anything is written
-    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+    from aqqua_geo.foundation.backbone_io import save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
 
     other = save_backbone(build_backbone({**TINY, "depth": 1}), tmp_path / "other.pt")
     with pytest.raises(ValueError, match="trained on embeddings of backbone"):

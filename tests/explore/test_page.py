@@ -197,7 +197,7 @@ def test_static_page_filters_box_selection_and_csv_download(page, static_site, p
 def test_served_page_details_lasso_and_export(page, server, pca_explorer, explore_data, screenshot):
     page.goto(server.url)
     wait_ready(page)
-    t, xy = pca_explorer.table, pca_explorer.xy
+    t = pca_explorer.table
     assert page.evaluate("aqquaExplorer.mode") == "server" and page.evaluate("aqquaExplorer.nPoints") == len(t)
     # click → record fetched from /api/object, image from /api/image at native resolution
     row = len(t) - 1  # a ZooScan vignette

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from aqqua_geo.foundation.backbone_io import load_backbone, save_backbone
 from aqqua_geo.foundation.embed import embed_images
 from aqqua_geo.foundation.packing import pack_images
-from aqqua_geo.foundation.vit import ARCHS, build_backbone, load_backbone, resolve_model_cfg, save_backbone
+from aqqua_geo.foundation.vit import ARCHS, build_backbone, resolve_model_cfg
 from aqqua_geo.imaging import model_input
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "max_tokens_per_image": 24}
@@ -226,7 +227,7 @@ def test_package_exports_are_lazy():
     code = ("import sys, aqqua_geo.foundation as f; assert 'torch' not in sys.modules; "
             "from aqqua_geo.foundation import load_backbone, embed_images; print(load_backbone.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "aqqua_geo.foundation.vit"
+    assert out.stdout.strip() == "aqqua_geo.foundation.backbone_io"
 
 
 def test_forward_rejects_bad_input():

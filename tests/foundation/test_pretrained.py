@@ -115,10 +115,10 @@ def test_dinov3_and_foreign_files_are_refused_with_a_reason(tmp_path):
 
 
 def test_load_backbone_and_pretrain_accept_a_public_checkpoint(tmp_path, uvp6_store):
+    from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.foundation.config import load_config
     from aqqua_geo.foundation.embed import embed_images
     from aqqua_geo.foundation.train import pretrain
-    from aqqua_geo.foundation.vit import load_backbone
 
     torch.manual_seed(0)
     ref = ref_vit.DinoVisionTransformer(patch_size=14, img_size=56, embed_dim=64, depth=2, num_heads=1,

@@ -141,9 +141,10 @@ def test_cli_pretrain_and_bad_override(uvp6_store, tmp_path):
 
 
 def test_second_round_curation_from_a_previous_backbone_or_embeddings(uvp6_store, tiny_cfg, tmp_path):
+    from aqqua_geo.foundation.backbone_io import save_backbone
     from aqqua_geo.foundation.distributed import DistEnv
     from aqqua_geo.foundation.train import _build_sampler
-    from aqqua_geo.foundation.vit import build_backbone, save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
     from aqqua_geo.store import AqquaStore
 
     store, env = AqquaStore(uvp6_store), DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
