@@ -96,7 +96,7 @@ def raw_traits(store, rows: np.ndarray) -> pd.DataFrame | None:
 def _trait_r2(emb: np.ndarray, traits: pd.DataFrame | None, tr: np.ndarray, te: np.ndarray) -> float:
     if traits is None:
         return float("nan")
-    from aqqua_geo.downstream.traits import TraitRegressor
+    from aqqua_geo.downstream.trait_regressor import TraitRegressor
 
     reg = TraitRegressor(kind="ridge", log_target=True).fit(emb[tr], traits.iloc[tr])
     return float(np.nanmean(list(reg.score(emb[te], traits.iloc[te]).values())))

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aqqua_geo.downstream.traits import TRAIT_KEYS, TraitRegressor, measure, measure_many, plot_segmentations, segment
+from aqqua_geo.downstream.trait_regressor import TraitRegressor
+from aqqua_geo.downstream.traits import TRAIT_KEYS, measure, measure_many, plot_segmentations, segment
 
 IFCB_PIXEL_UM = 1 / 3.4  # µm per pixel (WHOI / iRfcb micron_factor)
 
