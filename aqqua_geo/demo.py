@@ -198,6 +198,9 @@ def _flux(r: DemoResult) -> None:
 
 
 def _maps(r: DemoResult) -> None:
+    import pandas as pd
+
+    from aqqua_geo.mapping.poc_flux import PUBLISHED_RANGE_100M_PG_C_YR
     from aqqua_geo.mapping.workflow import fit_from_config, load_config, plot_from_config, predict_from_config
 
     cfg = load_config("demo", [f"out={r.out / 'maps'}", "predict.netcdf=true"])
@@ -207,6 +210,17 @@ def _maps(r: DemoResult) -> None:
     r.paths["maps (Zarr)"] = zarr_path
     r.paths["maps (NetCDF)"] = zarr_path.with_suffix(".nc")
     r.paths["maps (PNG)"] = pngs[0].parent if pngs else r.out / "maps"
+    r.paths["map totals"] = r.out / "maps" / "totals.csv"
+    totals = pd.read_csv(r.out / "maps" / "totals.csv").set_index("product")
+    lo, hi = PUBLISHED_RANGE_100M_PG_C_YR
+    for name, row in totals.iterrows():
+        gate = "" if row["skill_flag"] == "ok" else f", {row['skill_flag']}: not summed, not drawn"
+        label = f"{name} total ({row['units']})"
+        value = (f"{row['total']:.3g} ± {row['total_sd']:.2g} (spatial-CV {row['skill_metric']} "
+                 f"{row['skill']:.2f}{gate}; {100 * row['extrapolated_total_fraction']:.0f} % in extrapolated cells)")
+        if name == "poc_flux_100m":
+            value += f"; published range {lo}-{hi}"
+        r.figures[label] = value
 
 
 def _explorer(r: DemoResult) -> None:

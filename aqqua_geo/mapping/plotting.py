@@ -71,6 +71,19 @@ def _label(da: xr.DataArray) -> str:
     return f"{name} [{units}]" if units else str(name)
 
 
+def log_ticks(vmin: float, vmax: float, max_ticks: int = 8) -> list[float]:
+    """Readable ticks for a log colour bar: 1-2-5 per decade, thinned to decades (and then
+    every other decade) until at most *max_ticks* remain."""
+    if not (vmin > 0 and vmax > vmin):
+        raise ValueError(f"log ticks need 0 < vmin < vmax, got {vmin}, {vmax}")
+    decades = range(int(np.floor(np.log10(vmin))), int(np.ceil(np.log10(vmax))) + 1)
+    for subs, step in (((1, 2, 5), 1), ((1,), 1), ((1,), 2), ((1,), 3)):
+        ticks = [m * 10.0**k for k in decades[::step] for m in subs if vmin <= m * 10.0**k <= vmax * (1 + 1e-9)]
+        if 2 <= len(ticks) <= max_ticks:
+            return ticks
+    return [vmin, vmax]
+
+
 def plot_map(
     da: xr.DataArray,
     path: str | Path,
@@ -122,8 +135,13 @@ def plot_map(
     ax.coastlines(resolution="110m", linewidth=0.5)
     if points is not None:
         ax.scatter(points[0], points[1], s=2, c="k", transform=ccrs.PlateCarree(), label="samples")
-    fig.colorbar(mesh, ax=ax, orientation="horizontal", pad=0.05, fraction=0.05,
-                 label=_label(da))
+    cbar = fig.colorbar(mesh, ax=ax, orientation="horizontal", pad=0.05, fraction=0.05,
+                        label=_label(da))
+    if norm is not None:  # log scale: 1-2-5 ticks (or decades) in plain numbers, no overlap
+        ticks = log_ticks(norm.vmin, norm.vmax)
+        cbar.set_ticks(ticks)
+        cbar.set_ticklabels([f"{t:g}" for t in ticks])
+        cbar.ax.minorticks_off()
     ax.set_title(title or str(da.attrs.get("long_name", da.name)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

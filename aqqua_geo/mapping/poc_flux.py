@@ -81,7 +81,7 @@ def read_matched(shared: str | Path, target_depth_m: float) -> pd.DataFrame:
     depth = int(target_depth_m)
     if float(depth) not in TARGET_DEPTHS_M:
         raise ValueError(f"target_depth_m must be one of {TARGET_DEPTHS_M}, got {target_depth_m}")
-    return pd.read_csv(_dir(shared) / f"06.poc_flux_match_{depth}.csv")
+    return pd.read_csv(_dir(shared) / f"06.poc_flux_match_{depth}.csv", dtype={"id": str})
 
 
 def read_integrals(shared: str | Path) -> pd.DataFrame:

@@ -8,6 +8,18 @@ import pytest
 from aqqua_geo.mapping import drago2022 as dr
 
 
+def _protocol():
+    """The reproduction protocol lives with its benchmark (benchmarks/reproduce_drago2022.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce_drago2022.py"
+    spec = importlib.util.spec_from_file_location("reproduce_drago2022", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_bundled_cube_shape_units_licence():
     ds = dr.open_bundled_cube_file()
     assert dict(ds.sizes) == {"lat": 180, "lon": 360, "bnds": 2}
@@ -67,7 +79,7 @@ def test_bundled_files_rebuild_identically_from_shared_data(shared_data, tmp_pat
 
 
 def test_their_split_partitions_copepoda_rows(shared_data):
-    tr, te = dr._their_split(shared_data, 892)
+    tr, te = _protocol()._their_split(shared_data, 892)
     assert (len(tr), len(te)) == (710, 182)
     res = dr.read_copepoda_results(shared_data)
     d = dr.read_observations(shared_data)
@@ -77,7 +89,7 @@ def test_their_split_partitions_copepoda_rows(shared_data):
 
 def test_stratified_split_is_stratified():
     y = np.random.default_rng(0).lognormal(size=1000)
-    tr, te = dr.stratified_split(y)
+    tr, te = _protocol().stratified_split(y)
     assert len(te) == 200 and not np.intersect1d(tr, te).size
     assert np.median(y[te]) == pytest.approx(np.median(y[tr]), rel=0.15)
 
@@ -85,7 +97,7 @@ def test_stratified_split_is_stratified():
 @pytest.mark.slow
 def test_evaluate_taxon_protocol_runs_and_beats_chance():
     obs = dr.open_bundled_observations()
-    res = dr.evaluate_taxon(obs, "Copepoda", dr.open_bundled_cube_file(), n_resamples=5,
+    res = _protocol().evaluate_taxon(obs, "Copepoda", dr.open_bundled_cube_file(), n_resamples=5,
                             grid={"eta": [0.1], "max_depth": [2, 4], "min_child_weight": [3]},
                             spatial_members=2)
     assert res["r2_test_mean"] > 30 and np.isfinite(res["r2_spatial_cv"])

@@ -74,3 +74,12 @@ def test_plot_products_one_png_per_variable(tmp_path):
     ds = xr.Dataset({"b_mean": f, "b_std": f * 0.1})
     pngs = plotting.plot_products(ds, tmp_path, log_vars=("b",))
     assert sorted(p.name for p in pngs) == ["b_mean.png", "b_std.png"]
+
+
+def test_log_colour_bar_ticks_are_few_and_plain():
+    assert plotting.log_ticks(0.1, 20.0) == [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0]
+    wide = plotting.log_ticks(1e-3, 1e4)
+    assert len(wide) <= 8 and all(np.isclose(np.log10(t) % 1, 0) for t in wide)
+    assert [f"{t:g}" for t in plotting.log_ticks(1.0, 100.0)] == ["1", "2", "5", "10", "20", "50", "100"]
+    with pytest.raises(ValueError):
+        plotting.log_ticks(0.0, 1.0)
