@@ -16,8 +16,6 @@ from PIL import Image
 from aqqua_geo.explore.points import decode_points
 
 
-
-
 def _get(url: str) -> tuple[int, str, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=10) as r:

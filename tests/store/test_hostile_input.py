@@ -5,9 +5,6 @@ be read or written when its files disagree with its manifest."""
 
 from __future__ import annotations
 
-import io
-import json
-import os
 import shutil
 import struct
 import subprocess
@@ -24,7 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aqqua_geo.ingest import ingest, validate
-from aqqua_geo.store import AqquaStore, StoreWriter
+from aqqua_geo.store import AqquaStore
 from aqqua_geo.store.envs import close_env
 from aqqua_geo.store.manifest import StoreError
 
@@ -212,9 +209,9 @@ def test_every_reason_of_a_record_is_reported(uvp6, tmp_path):
 
 
 def test_cli_exits_nonzero_when_nothing_was_ingested(ifcb, tmp_path):
-    from aqqua_geo.cli import ingest_cmds
-
     import typer
+
+    from aqqua_geo.cli import ingest_cmds
 
     app = typer.Typer()
     ingest_cmds.register(app)
@@ -441,9 +438,9 @@ def test_truncated_shard_is_a_clear_error_not_sigbus(store):
     res = subprocess.run([sys.executable, "-c", _READ_ONE, str(store)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, (res.returncode, res.stderr[-500:])  # was -7 (SIGBUS, "Bus error", 135)
     assert "image shard is truncated" in res.stderr
-    from aqqua_geo.cli import store_cmds
-
     import typer
+
+    from aqqua_geo.cli import store_cmds
 
     app = typer.Typer()
     store_cmds.register(app)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import shutil
 import zipfile
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from aqqua_geo.store import HARMONISED_SCHEMA, AqquaStore, InvalidRecord, StoreWriter
-from aqqua_geo.store import codec
+from aqqua_geo.store import HARMONISED_SCHEMA, AqquaStore, InvalidRecord, StoreWriter, codec
 
 
 def _rec(**kw) -> dict:
