@@ -104,4 +104,4 @@ def test_evaluate_taxon_protocol_runs_and_beats_chance():
     assert 0.02 < res["total_pg_c"] < 1.0  # Pg C in 0-200 m; theirs: 0.083
     assert res["map"]["biomass_mean"].count() > 35_000
     with pytest.raises(KeyError, match="not in the observation table"):
-        dr.evaluate_taxon(obs, "Dinosauria", dr.open_bundled_cube_file())
+        _protocol().evaluate_taxon(obs, "Dinosauria", dr.open_bundled_cube_file())
