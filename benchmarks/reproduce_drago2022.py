@@ -25,10 +25,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import xarray as xr
-from typing import Any
 
 from aqqua_geo.mapping.drago2022 import (
     COPEPODA_FILE,
@@ -45,8 +46,6 @@ from aqqua_geo.mapping.drago2022 import (
     read_r,
     table_to_grid,
 )
-
-
 
 # --------------------------------------------------------------------------------------------
 # Reproduction of their Copepoda model (and all taxa) with BRTEnsemble

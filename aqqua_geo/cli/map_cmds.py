@@ -13,7 +13,7 @@ map_app = typer.Typer(help="Habitat-model maps: per-sample tables, BRT ensembles
 
 CONFIG_HELP = "YAML config (path, or a name in mapping/configs, e.g. demo, drago_copepoda)"
 SET_HELP = "override a config value, e.g. --set model.n_members=20 (repeatable)"
-SCHED_HELP = "dask: address of a running scheduler (tcp://host:8786), or 'threads'; default LocalCluster"
+SCHED_HELP = "dask: address of a running scheduler (tcp://host:8786), 'local' (LocalCluster) or 'threads' (default)"
 
 
 def _config(config: str, overrides: Optional[List[str]]) -> dict:
@@ -56,7 +56,7 @@ def samples_cmd(
 @map_app.command("fit")
 def fit_cmd(
     config: str = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "--override", help=SET_HELP),
 ) -> None:
     """Fit one BRT ensemble per product (spatial-block CV, early stopping, bootstrap members)."""
     from aqqua_geo.mapping.workflow import fit_from_config
@@ -67,7 +67,7 @@ def fit_cmd(
 @map_app.command("predict")
 def predict_cmd(
     config: str = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "--override", help=SET_HELP),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHED_HELP),
     max_regions: Optional[int] = typer.Option(None, help="write at most N regions, then stop (resume later)"),
     overwrite: bool = typer.Option(False, help="discard an existing OUT/maps.zarr instead of resuming"),
@@ -83,7 +83,7 @@ def predict_cmd(
 @map_app.command("plot")
 def plot_cmd(
     config: str = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "--override", help=SET_HELP),
     projection: Optional[str] = typer.Option(None, help="Robinson or PlateCarree"),
 ) -> None:
     """PNG maps (coastlines offline, colour bars with units) of OUT/maps.zarr."""

@@ -140,7 +140,6 @@ def export_flux(
         if positions is None:
             raise ValueError("a horizon cube needs the profiles' positions (profile_id, lat, lon[, datetime])")
         from aqqua_geo.mapping.collocate import collocate
-
         from aqqua_geo.mapping.env import resolve_variable
 
         name = str(horizon.name or "horizon")

@@ -25,7 +25,6 @@ import xarray as xr
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from aqqua_geo.mapping.model_selection import (
-    DEFAULT_GRID,
     log10_r2,
     regression_scores,
     search_hyperparameters,

@@ -34,6 +34,7 @@ def build_natural_earth(out_dir: str | Path | None = None) -> list[Path]:
     """
     import geopandas as gpd
     import shapely
+
     from aqqua_geo import data
 
     src = data.path("ne_110m_admin_0_countries") / "ne_110m_admin_0_countries.shp"

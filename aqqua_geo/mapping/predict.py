@@ -17,13 +17,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from aqqua_geo.mapping import cf
-from aqqua_geo.mapping.model import BRTEnsemble
+
+if TYPE_CHECKING:  # annotations only: BRTEnsemble.grid imports this module
+    from aqqua_geo.mapping.model import BRTEnsemble
 
 PROGRESS_SUFFIX = ".regions"  # sibling folder of region markers: the store holds only zarr files
 CANONICAL_ORDER = ("time", "month", "depth", "lat", "lon")
@@ -87,7 +89,7 @@ class Product:
 
 
 def _as_products(models: BRTEnsemble | Mapping[str, Any]) -> dict[str, Product]:
-    if isinstance(models, BRTEnsemble):
+    if not isinstance(models, Mapping):  # one ensemble
         return {"prediction": Product(models, "generic", "prediction")}
     out = {}
     for name, m in models.items():
