@@ -8,12 +8,15 @@ from typing import List, Optional
 
 import typer
 
+from aqqua_geo._io import atomic_path
+
 map_app = typer.Typer(help="Habitat-model maps: per-sample tables, BRT ensembles, CF Zarr maps, PNGs.",
                       no_args_is_help=True)
 
 CONFIG_HELP = "YAML config (path, or a name in mapping/configs, e.g. demo, drago_copepoda)"
 SET_HELP = "override a config value, e.g. --set model.n_members=20 (repeatable)"
 SCHED_HELP = "dask: address of a running scheduler (tcp://host:8786), 'local' (LocalCluster) or 'threads' (default)"
+
 
 
 def _config(config: str, overrides: Optional[List[str]]) -> dict:
@@ -46,10 +49,8 @@ def samples_cmd(
                                  param_hint="--depth-bins") from None
     table = aggregate(pd.read_parquet(predictions), str(store), depth_bins=bins,
                       group_col=group_col, diversity=diversity)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".part")
-    table.to_parquet(tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp)
     typer.echo(f"{len(table)} samples -> {out}")
 
 

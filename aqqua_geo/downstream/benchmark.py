@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aqqua_geo._io import file_sha256
+from aqqua_geo._io import atomic_path, file_sha256
 from aqqua_geo.downstream.classify import labelled_subset
 from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
 
@@ -131,9 +131,8 @@ def update_leaderboard(rows: list[dict[str, Any]], directory: str | Path) -> pd.
     csv = directory / "leaderboard.csv"
     new = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     board = pd.concat([pd.read_csv(csv), new], ignore_index=True) if csv.is_file() else new
-    tmp = csv.with_name(".leaderboard.csv.tmp")
-    board.to_csv(tmp, index=False)
-    tmp.replace(csv)
+    with atomic_path(csv) as tmp:
+        board.to_csv(tmp, index=False)
     shown = board.sort_values(["store", "macro_f1"], ascending=[True, False])
     cols = ["model", "method", "store", "n_classes", "n_test", "top1", "balanced_accuracy", "macro_f1",
             "ood_auroc", "trait_r2", "date_utc"]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aqqua_geo._io import file_sha256
+from aqqua_geo._io import atomic_path, file_sha256
 from aqqua_geo.downstream.classify import ClassifierBundle
 from aqqua_geo.downstream.finetune import dihedral
 from aqqua_geo.downstream.probes import LinearProbe
@@ -198,14 +198,12 @@ def export_onnx(backbone_path: str | Path, onnx_path: str | Path, height: int = 
     example, check = torch.randn(2, 1, model.in_chans, height, width, generator=gen)
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), atomic_path(onnx_path) as tmp:
         # the tracer warns that packing metadata become constants: intended for a fixed shape
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=["embedding"],
                           opset_version=17, dynamo=False)
         expected = wrapper(check).numpy()
-    tmp.replace(onnx_path)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run(["embedding"], {"image": check.numpy()})[0]  # an input the trace never saw
     diff = float(np.abs(got - expected).max())

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aqqua_geo._io import atomic_path
 from aqqua_geo.explore.embeddings import Embeddings, read_embeddings
 from aqqua_geo.explore.images import to_png
 from aqqua_geo.explore.layout import Method, get_layout
@@ -138,9 +139,8 @@ class Explorer:
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = name or f"selection-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{len(frame)}"
         csv_path = _free_path(out_dir / f"{stem}.csv")
-        tmp = csv_path.with_suffix(".csv.part")
-        neutralise_formulas(frame).to_csv(tmp, index=False)
-        tmp.replace(csv_path)
+        with atomic_path(csv_path) as tmp:
+            neutralise_formulas(frame).to_csv(tmp, index=False)
         result: dict[str, Any] = {"n": len(frame), "csv": str(csv_path), "ecotaxa": None, "ecotaxa_error": None}
         from aqqua_geo.export.ecotaxa import write_ecotaxa
 

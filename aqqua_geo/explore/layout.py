@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from aqqua_geo._io import atomic_path
 from aqqua_geo.explore.embeddings import Embeddings
 
 log = logging.getLogger(__name__)
@@ -88,12 +87,8 @@ def get_layout(emb: Embeddings, method: Method = "umap", *, use_cache: bool = Tr
     xy = compute_layout(emb.vectors, params)
     if use_cache:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # atomic: a concurrent reader never sees half a file
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-            with os.fdopen(fd, "wb") as f:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a concurrent reader never sees half a file
                 np.save(f, xy)
-            os.replace(tmp, path)
         except OSError as err:
             log.warning("could not cache the layout in %s: %s", path.parent, err)
     return xy

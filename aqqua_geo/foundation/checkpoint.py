@@ -17,7 +17,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ import torch
 
 CHECKPOINT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+from aqqua_geo._io import atomic_path
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,15 +64,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write *payload* atomically (temporary file + rename): a kill never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"checkpoint_version": CHECKPOINT_VERSION, **payload}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from aqqua_geo._io import atomic_path
 from aqqua_geo.mapping import cf
 
 if TYPE_CHECKING:  # annotations only: BRTEnsemble.grid imports this module
@@ -403,7 +404,6 @@ def write_netcdf(zarr_path: str | Path, netcdf_path: str | Path) -> Path:
     for c in ds.coords:
         enc[c] = {"_FillValue": None}
     netcdf_path = Path(netcdf_path)
-    tmp = netcdf_path.with_suffix(netcdf_path.suffix + ".part")
-    ds.to_netcdf(tmp, encoding=enc, engine="netcdf4")
-    tmp.replace(netcdf_path)  # atomic: never a half-written .nc under the final name
+    with atomic_path(netcdf_path) as tmp:  # never a half-written .nc under the final name
+        ds.to_netcdf(tmp, encoding=enc, engine="netcdf4")
     return netcdf_path
