@@ -113,7 +113,7 @@ def _pretrain(r: DemoResult, minutes: float) -> None:
 
 
 #: leaderboard methods that ``predict_store`` can deploy (a head on this backbone's embeddings)
-DEPLOYABLE = ("knn20", "linear", "finetune")
+DEPLOYABLE = ("knn20", "linear", "hybrid", "finetune")
 
 
 def _benchmark(r: DemoResult) -> None:
@@ -142,13 +142,13 @@ def _predict(r: DemoResult) -> None:
         backbone = r.out / "benchmark" / "finetune_cpu-ssl" / "backbone.pt"
         clf_path = r.out / "benchmark" / "finetune_cpu-ssl" / "classifier.joblib"
     else:
-        kind = "knn" if best["method"].startswith("knn") else "linear"
+        kind = "knn" if best["method"].startswith("knn") else best["method"]
         train_classifier(backbone, r.paths["store"], clf_path, kind=kind, min_count=10, rare="group")
     r.paths["classifier"] = clf_path
     why = f"best deployable method on the leaderboard (balanced accuracy {best['balanced_accuracy']:.3f})"
     if (overall["model"], overall["method"]) != (best["model"], best["method"]):
         why += (f"; {overall['model']}/{overall['method']} scores higher ({overall['balanced_accuracy']:.3f}) "
-                "but predict deploys only heads on the backbone's embeddings")
+                "but predict deploys only heads on the backbone's embeddings (+ morphometrics)")
     r.figures["classifier used"] = f"{best['method']} on cpu-ssl: {why}"
     pred = predict_store(backbone, r.paths["store"], r.out / "inference", clf_path)
     r.paths["predictions"] = pred

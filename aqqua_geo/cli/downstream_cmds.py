@@ -29,6 +29,7 @@ def _set_threads(threads: int | None) -> None:
 class Mode(str, Enum):
     knn = "knn"
     linear = "linear"
+    hybrid = "hybrid"
     full = "full"
 
 
@@ -104,6 +105,7 @@ def predict(model: Model, store: Store, out: Out,
 
 def finetune(model: Model, store: Store, out: Out,
              mode: Annotated[Mode, typer.Option(help="knn / linear: heads on frozen embeddings; "
+                                                     "hybrid: embedding ⊕ morphometrics; "
                                                      "full: fine-tune the backbone too.")] = Mode.full,
              epochs: Annotated[int, typer.Option(min=1, help="Most epochs (full); early stop on val loss.")] = 30,
              batch_size: Annotated[int, typer.Option(min=1)] = 32,

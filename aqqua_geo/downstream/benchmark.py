@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from aqqua_geo._io import atomic_path, file_sha256
-from aqqua_geo.downstream.classify import labelled_subset
+from aqqua_geo.downstream.classify import hybrid_inputs, labelled_subset
 from aqqua_geo.downstream.probes import KNNClassifier, LinearProbe
 
 LEADERBOARD_COLUMNS = ["date_utc", "model", "method", "store", "n_classes", "n_train", "n_test", "top1",
@@ -206,7 +206,7 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
         trait_r2 = _trait_r2(emb, traits, tr, te)
         heads = [(f"knn{k}", KNNClassifier(k=k), emb), ("linear", LinearProbe(), emb)]
         if with_hybrid and feats is not None:
-            heads.append(("hybrid", _HybridHead(), np.hstack([emb, np.asarray(feats, np.float64)])))
+            heads.append(("hybrid", LinearProbe(C=0.5, normalize=False), hybrid_inputs(emb, images, px, feats)))
         for method, head, x in heads:
             pred = head.fit(x[tr], y[tr]).predict(x[te])
             save_reports(y[te], pred, out_dir / f"{_slug(name)}_{method}", f"{name} — {method}")
@@ -260,24 +260,6 @@ def torch_seed(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
-
-
-class _HybridHead:
-    """Logistic regression on standardised [embedding ⊕ morphometric features] (class-balanced)."""
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> _HybridHead:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        x = np.nan_to_num(np.asarray(x, np.float64))
-        self.model_ = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000,
-                                                                         class_weight="balanced"))
-        self.model_.fit(x, y)
-        return self
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model_.predict(np.nan_to_num(np.asarray(x, np.float64)))
 
 
 def _read_labels(path: str | Path, store) -> list[str | None]:

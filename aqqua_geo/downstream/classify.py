@@ -332,33 +332,55 @@ def finish_bundle(head, backbone_path: str | Path, emb: np.ndarray, labels: np.n
     return bundle
 
 
+#: ``ClassifierBundle.embedding["inputs"]`` of a hybrid head: embedding ⊕ morphometric features
+HYBRID_INPUTS = "embedding+morphometrics"
+
+
+def hybrid_inputs(embeddings: np.ndarray, images: Sequence[np.ndarray], pixel_sizes_um: Sequence[float],
+                  features: np.ndarray | None = None) -> np.ndarray:
+    """Embedding ⊕ the morphometric features of :mod:`~aqqua_geo.downstream.baseline` (EcoTaxa's
+    practice: deep features plus ZooProcess-style measurements); NaN features (no object) → 0."""
+    from aqqua_geo.downstream.baseline import MorphometricRandomForest
+
+    if features is None:
+        features = MorphometricRandomForest().features(list(images), list(pixel_sizes_um))
+    return np.hstack([np.asarray(embeddings, np.float32), np.nan_to_num(np.asarray(features, np.float32))])
+
+
 def train_classifier(backbone_path: str | Path, store, out_path: str | Path, kind: str = "knn", *,
                      labels: Sequence[str | None] | None = None, k: int = 20, C: float = 1.0,
                      min_count: int = 10, rare: str = "group", val_fraction: float = 0.2,
                      novelty: str = "auto", seed: int = 0, device: str = "cpu",
                      max_tokens_per_batch: int = 4096) -> ClassifierBundle:
-    """Fit a k-NN or linear-probe head on frozen embeddings of a store's labelled objects.
+    """Fit a k-NN, linear-probe or hybrid head on frozen embeddings of a store's labelled objects.
 
-    Splits stratified and seeded into train/validation, calibrates on validation, saves the
+    ``hybrid``: a standardised logistic regression on :func:`hybrid_inputs` (embedding ⊕
+    morphometrics); ``predict_store`` then measures the same features. Splits stratified and
+    seeded into train/validation, calibrates on validation, saves the
     :class:`ClassifierBundle` to *out_path* and returns it.
     """
     from aqqua_geo.foundation.backbone_io import load_backbone
     from aqqua_geo.foundation.embed import embed_images
     from aqqua_geo.store import AqquaStore
 
-    if kind not in {"knn", "linear"}:
-        raise ValueError(f"kind must be 'knn' or 'linear' (use finetune() for full fine-tuning), got {kind!r}")
+    if kind not in {"knn", "linear", "hybrid"}:
+        raise ValueError(f"kind must be 'knn', 'linear' or 'hybrid' (use finetune() for full fine-tuning), "
+                         f"got {kind!r}")
     store = AqquaStore(store) if isinstance(store, (str, Path)) else store
     rows, y, report = labelled_subset(store, labels, min_count, rare)
     model = load_backbone(backbone_path, device=device)
     px = store.metadata["pixel_size_um"].to_numpy(dtype=np.float64)[rows]
-    emb = embed_images(model, store.get_many(rows.tolist()), list(px),
-                       max_tokens_per_batch=max_tokens_per_batch, device=device)
+    images = store.get_many(rows.tolist())
+    emb = embed_images(model, images, list(px), max_tokens_per_batch=max_tokens_per_batch, device=device)
+    extra: dict[str, Any] = {"max_tokens_per_batch": max_tokens_per_batch}
+    if kind == "hybrid":
+        emb = hybrid_inputs(emb, images, px)
+        extra.update(inputs=HYBRID_INPUTS, backbone_dim=int(model.embed_dim))
     tr, va = split_train_val(y, val_fraction, seed)
-    head = KNNClassifier(k=k) if kind == "knn" else LinearProbe(C=C)
+    head = {"knn": KNNClassifier(k=k), "linear": LinearProbe(C=C),
+            "hybrid": LinearProbe(C=0.5, normalize=False)}[kind]
     head.fit(emb[tr], y[tr])
-    bundle = finish_bundle(head, backbone_path, emb, y, tr, va, report, novelty,
-                            {"max_tokens_per_batch": max_tokens_per_batch}, seed=seed)
+    bundle = finish_bundle(head, backbone_path, emb, y, tr, va, report, novelty, extra, seed=seed)
     bundle.metrics["rare_classes"] = report.to_dict("records")
     bundle.save(out_path)
     return bundle

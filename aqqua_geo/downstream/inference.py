@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from aqqua_geo._io import atomic_write_parquet, file_sha256
-from aqqua_geo.downstream.classify import ClassifierBundle
+from aqqua_geo.downstream.classify import HYBRID_INPUTS, ClassifierBundle, hybrid_inputs
 from aqqua_geo.foundation.embed import embed_store
 
 PREDICTIONS = "predictions.parquet"
@@ -153,7 +153,10 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
                 continue
             images = store.get_many(range(lo, hi))
             traits = measure_many(images, list(pixel_sizes[lo:hi]))
-            df = predictions_frame(ids[lo:hi], np.asarray(group["embedding"][lo:hi]), traits, bundle, top_k)
+            features = np.asarray(group["embedding"][lo:hi])
+            if bundle is not None and bundle.embedding.get("inputs") == HYBRID_INPUTS:
+                features = hybrid_inputs(features, images, pixel_sizes[lo:hi])
+            df = predictions_frame(ids[lo:hi], features, traits, bundle, top_k)
             carbon = estimate_carbon(pd.concat([df[["pred_label", "is_novel"]], traits], axis=1),
                                      label_col="pred_label", novel_col="is_novel", novel=novel_carbon,
                                      colonies=colonies)

@@ -245,3 +245,21 @@ def test_predict_resumes_from_written_parts(tiny_setup, tmp_path, monkeypatch):
     calls.clear()
     predict_store(model_path, store_dir, tmp_path, chunk_size=5, progress=False)
     assert calls == []
+
+
+def test_hybrid_classifier_is_deployed_by_predict_store(tiny_setup, tmp_path):
+    """A hybrid head (embedding ⊕ morphometrics) trains, saves without pickle and predicts:
+    predict_store measures the same morphometric features for every chunk."""
+    import pandas as pd
+
+    from aqqua_geo.downstream.classify import HYBRID_INPUTS, ClassifierBundle, train_classifier
+    from aqqua_geo.downstream.inference import predict_store
+
+    model_path, store_dir = tiny_setup
+    bundle = train_classifier(model_path, store_dir, tmp_path / "hybrid.joblib", kind="hybrid", min_count=3,
+                              rare="exclude", novelty="knn")
+    loaded = ClassifierBundle.load(tmp_path / "hybrid.joblib")
+    assert loaded.embedding["inputs"] == HYBRID_INPUTS and loaded.kind == "linear"
+    pred = pd.read_parquet(predict_store(model_path, store_dir, tmp_path / "out", tmp_path / "hybrid.joblib",
+                                         progress=False))
+    assert pred["pred_label"].notna().all() and set(pred["pred_label"]) <= set(map(str, bundle.classes))
