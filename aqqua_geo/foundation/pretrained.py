@@ -198,7 +198,8 @@ def warm_start(model_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Ten
     e.g. ``in_chans``, ``max_tokens_per_image``, ``drop_path_rate``, are kept).
     """
     path = Path(model_cfg["init"])
-    payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    is_torch_file = path.is_file() and path.suffix != ".safetensors"
+    payload = torch.load(path, map_location="cpu", weights_only=True) if is_torch_file else None
     if isinstance(payload, dict) and "model_cfg" in payload and "state_dict" in payload:
         cfg = {**payload["model_cfg"], **{k: model_cfg[k] for k in ("drop_path_rate", "drop_path_uniform",
                                                                      "grad_checkpointing") if k in model_cfg}}

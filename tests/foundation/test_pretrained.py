@@ -141,3 +141,19 @@ def test_load_backbone_and_pretrain_accept_a_public_checkpoint(tmp_path, uvp6_st
     run = pretrain(cfg, uvp6_store, tmp_path / "run2", progress=False)
     after = embed_images(load_backbone(run / "backbone.pt"), images, [73.0] * 3)
     assert after.shape == before.shape and not np.allclose(after, before)
+
+
+def test_safetensors_checkpoint_is_read_without_torch_load(tmp_path):
+    from safetensors.torch import save_file
+
+    from aqqua_geo.foundation.backbone_io import load_backbone
+    from aqqua_geo.foundation.pretrained import warm_start
+
+    torch.manual_seed(0)
+    ref = ref_vit.DinoVisionTransformer(patch_size=14, img_size=56, embed_dim=64, depth=2, num_heads=1,
+                                        block_chunks=0, init_values=1e-5)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    cfg, state = warm_start({"init": str(tmp_path / "m.safetensors"), "in_chans": 1, "max_tokens_per_image": 16})
+    assert (cfg["embed_dim"], cfg["depth"], cfg["pos_embed_grid"]) == (64, 2, 4)
+    model = load_backbone(tmp_path / "m.safetensors")
+    assert torch.equal(model.state_dict()["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
