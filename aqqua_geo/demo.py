@@ -112,10 +112,6 @@ def _pretrain(r: DemoResult, minutes: float) -> None:
     r.paths["pretrain log"] = run / "log.csv"
 
 
-#: leaderboard methods that ``predict_store`` can deploy (a head on this backbone's embeddings)
-DEPLOYABLE = ("knn20", "linear", "hybrid", "finetune")
-
-
 def _benchmark(r: DemoResult) -> None:
     from aqqua_geo.downstream.benchmark import run_benchmark
 
@@ -130,12 +126,11 @@ def _benchmark(r: DemoResult) -> None:
 
 def _predict(r: DemoResult) -> None:
     """Classify every image with the leaderboard's best *deployable* method, and say why."""
+    from aqqua_geo.downstream.benchmark import best_deployable
     from aqqua_geo.downstream.classify import train_classifier
     from aqqua_geo.downstream.inference import predict_store
 
-    board = r.leaderboard
-    best = board[(board["model"] == "cpu-ssl") & board["method"].isin(DEPLOYABLE)].iloc[0]
-    overall = board.iloc[0]
+    best, why = best_deployable(r.leaderboard, model="cpu-ssl")
     backbone = r.paths["backbone"]
     clf_path = r.out / "classifier" / "classifier.joblib"
     if best["method"] == "finetune":
@@ -145,10 +140,6 @@ def _predict(r: DemoResult) -> None:
         kind = "knn" if best["method"].startswith("knn") else best["method"]
         train_classifier(backbone, r.paths["store"], clf_path, kind=kind, min_count=10, rare="group")
     r.paths["classifier"] = clf_path
-    why = f"best deployable method on the leaderboard (balanced accuracy {best['balanced_accuracy']:.3f})"
-    if (overall["model"], overall["method"]) != (best["model"], best["method"]):
-        why += (f"; {overall['model']}/{overall['method']} scores higher ({overall['balanced_accuracy']:.3f}) "
-                "but predict deploys only heads on the backbone's embeddings (+ morphometrics)")
     r.figures["classifier used"] = f"{best['method']} on cpu-ssl: {why}"
     pred = predict_store(backbone, r.paths["store"], r.out / "inference", clf_path)
     r.paths["predictions"] = pred

@@ -63,6 +63,38 @@ class Weighting(str, Enum):
     none = "none"
 
 
+def _classifier_from_leaderboard(model: Path, store: Path, out: Path, board_dir: Path,
+                                 device: str) -> tuple[Path, Path]:
+    """(backbone, classifier) of the leaderboard's best deployable method for *model*."""
+    import pandas as pd
+
+    from aqqua_geo._io import file_sha256
+    from aqqua_geo.downstream.benchmark import best_deployable, slug
+    from aqqua_geo.downstream.classify import train_classifier
+
+    csv = board_dir / "leaderboard.csv"
+    if not csv.is_file():
+        raise typer.BadParameter(f"{csv} not found: run `aqqua benchmark --out {board_dir}` first",
+                                 param_hint="--leaderboard")
+    try:
+        best, why = best_deployable(pd.read_csv(csv, dtype={"model_sha256": str}), model_sha256=file_sha256(model))
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--leaderboard") from None
+    method = str(best["method"])
+    if method == "finetune":
+        ft_dir = board_dir / f"finetune_{slug(str(best['model']))}"
+        backbone, clf = ft_dir / "backbone.pt", ft_dir / "classifier.joblib"
+        if not clf.is_file():
+            raise typer.BadParameter(f"{clf} missing: re-run the benchmark", param_hint="--leaderboard")
+    else:
+        backbone, clf = model, out / "classifier.joblib"
+        kind = "knn" if method.startswith("knn") else method
+        k = int(method[3:]) if method.startswith("knn") and method[3:].isdigit() else 20
+        train_classifier(model, store, clf, kind=kind, k=k, device=device)
+    typer.echo(f"classifier: {best['model']}/{method} — {why}")
+    return backbone, clf
+
+
 def embed(model: Model, store: Store, out: Out, chunk_size: ChunkSize = 256, max_tokens: MaxTokens = 4096,
           device: Device = "cpu", overwrite: bool = typer.Option(False, help="Discard an existing output."),
           threads: Threads = None) -> None:
@@ -78,6 +110,10 @@ def embed(model: Model, store: Store, out: Out, chunk_size: ChunkSize = 256, max
 def predict(model: Model, store: Store, out: Out,
             classifier: Annotated[Path | None, typer.Option(help="Classifier file from `aqqua finetune`.",
                                                             exists=True, dir_okay=False)] = None,
+            leaderboard: Annotated[Path | None, typer.Option(
+                help="Instead of --classifier: a folder with leaderboard.csv from `aqqua benchmark` on your "
+                     "labelled data; the best method it can deploy for --model is trained on the store's "
+                     "labels and used (it says which and why).", exists=True, file_okay=False)] = None,
             top_k: Annotated[int, typer.Option(help="Classes listed per image.", min=1)] = 3,
             chunk_size: ChunkSize = 256, max_tokens: MaxTokens = 4096, device: Device = "cpu",
             overwrite: bool = typer.Option(False, help="Discard an existing output."),
@@ -93,6 +129,10 @@ def predict(model: Model, store: Store, out: Out,
 
     from aqqua_geo.downstream.inference import predict_store
 
+    if leaderboard is not None:
+        if classifier is not None:
+            raise typer.BadParameter("give --classifier or --leaderboard, not both", param_hint="--leaderboard")
+        model, classifier = _classifier_from_leaderboard(model, store, out, leaderboard, device)
     path = predict_store(model, store, out, classifier, top_k=top_k, chunk_size=chunk_size,
                          max_tokens_per_batch=max_tokens, device=device, overwrite=overwrite,
                          novel_carbon=novel_carbon.value, colonies=colonies.value)

@@ -43,7 +43,7 @@ RAW_TRAIT_COLUMNS = ("object_area", "object_esd", "object_major", "object_minor"
 BASELINE_NAME = "MorphometricRandomForest"
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "model"
 
 
@@ -201,7 +201,7 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
 
     def add_rows(name: str, emb: np.ndarray, sha: str, with_hybrid: bool) -> None:
         ood = leave_one_class_out(emb, y, test_size=test_size, seed=seed, k=min(k, 10))
-        ood.to_csv(out_dir / f"ood_{_slug(name)}.csv", index=False)
+        ood.to_csv(out_dir / f"ood_{slug(name)}.csv", index=False)
         knn_auroc = float(ood.loc[ood["method"] == "knn", "auroc"].mean())
         trait_r2 = _trait_r2(emb, traits, tr, te)
         heads = [(f"knn{k}", KNNClassifier(k=k), emb), ("linear", LinearProbe(), emb)]
@@ -209,7 +209,7 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
             heads.append(("hybrid", LinearProbe(C=0.5, normalize=False), hybrid_inputs(emb, images, px, feats)))
         for method, head, x in heads:
             pred = head.fit(x[tr], y[tr]).predict(x[te])
-            save_reports(y[te], pred, out_dir / f"{_slug(name)}_{method}", f"{name} — {method}")
+            save_reports(y[te], pred, out_dir / f"{slug(name)}_{method}", f"{name} — {method}")
             results.append({**common, "model": name, "method": method, **classification_metrics(y[te], pred),
                             "ood_auroc": knn_auroc, "trait_r2": trait_r2, "model_sha256": sha})
 
@@ -231,7 +231,7 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
             train_labels = [None] * len(store)
             for i in tr:
                 train_labels[int(rows[i])] = str(y[i])
-            ft_backbone, ft_clf = finetune(model_path, store, out_dir / f"finetune_{_slug(name)}",
+            ft_backbone, ft_clf = finetune(model_path, store, out_dir / f"finetune_{slug(name)}",
                                            labels=train_labels, epochs=finetune_epochs, min_count=2,
                                            rare="exclude", seed=seed, device=device, novelty="knn",
                                            max_tokens_per_batch=max_tokens_per_batch, progress=progress)
@@ -240,7 +240,7 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
                                   max_tokens_per_batch=max_tokens_per_batch)
             bundle = ClassifierBundle.load(ft_clf)
             pred = bundle.classes[bundle.predict_proba(ft_emb).argmax(axis=1)]
-            save_reports(y[te], pred, out_dir / f"{_slug(name)}_finetune", f"{name} — full fine-tuning")
+            save_reports(y[te], pred, out_dir / f"{slug(name)}_finetune", f"{name} — full fine-tuning")
             results.append({**common, "model": name, "method": "finetune", **classification_metrics(y[te], pred),
                             "ood_auroc": float("nan"), "trait_r2": float("nan"),
                             "model_sha256": file_sha256(ft_backbone)})
@@ -254,6 +254,39 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
                         "trait_r2": float("nan"), "model_sha256": ""})
     update_leaderboard(results, leaderboard or out_dir)
     return pd.DataFrame(results, columns=LEADERBOARD_COLUMNS)
+
+
+#: leaderboard methods that ``predict_store`` can deploy (heads on a backbone's embeddings)
+DEPLOYABLE_METHODS = ("knn", "linear", "hybrid", "finetune")
+
+
+def best_deployable(board: pd.DataFrame, model_sha256: str | None = None, model: str | None = None,
+                    metric: str = "balanced_accuracy") -> tuple[pd.Series, str]:
+    """The best row that ``predict`` can deploy, and a sentence saying which and why.
+
+    Rows are this backbone's (by *model_sha256* or display name *model*; random-init controls
+    excluded) with a deployable method; the sentence names the overall best row too when it is
+    not deployable (the morphometric forest).
+    """
+    if board.empty:
+        raise ValueError("the leaderboard is empty")
+    ranked = board.sort_values(metric, ascending=False)
+    mine = ranked[ranked["method"].str.match("|".join(DEPLOYABLE_METHODS))
+                  & ~ranked["model"].astype(str).str.endswith("(random init)")]
+    if model_sha256 is not None:
+        ft = mine["method"] == "finetune"
+        mine = mine[(mine["model_sha256"] == model_sha256) | (ft & mine["model"].isin(
+            ranked.loc[ranked["model_sha256"] == model_sha256, "model"]))]
+    if model is not None:
+        mine = mine[mine["model"] == model]
+    if mine.empty:
+        raise ValueError("no deployable leaderboard row for this backbone: run `aqqua benchmark` with it first")
+    best, top = mine.iloc[0], ranked.iloc[0]
+    why = f"best deployable method on the leaderboard ({metric} {best[metric]:.3f})"
+    if (top["model"], top["method"]) != (best["model"], best["method"]):
+        why += (f"; {top['model']}/{top['method']} scores higher ({top[metric]:.3f}) but predict deploys "
+                "only heads on the backbone's embeddings (+ morphometrics)")
+    return best, why
 
 
 def torch_seed(seed: int) -> None:

@@ -93,3 +93,28 @@ def test_benchmark_bad_inputs(tmp_path, bundled_data):
     with pytest.raises(ValueError, match=r"missing column\(s\) \['label'\]"):
         run_benchmark([tmp_path / "nope.pt"], store, tmp_path / "o", labels=tmp_path / "labels.csv", progress=False)
     assert not (tmp_path / "o" / "leaderboard.csv").exists()
+
+
+def test_predict_uses_the_leaderboards_best_deployable_method(tmp_path, bundled_data):
+    """`aqqua predict --leaderboard`: the best row predict can deploy for this backbone is
+    trained and used, and the command says which and why (the forest is not deployable)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from aqqua_geo.cli import app
+    from aqqua_geo.downstream.benchmark import best_deployable, run_benchmark
+    from aqqua_geo.foundation.backbone_io import save_backbone
+    from aqqua_geo.foundation.vit import build_backbone
+
+    torch.manual_seed(0)
+    model = save_backbone(build_backbone(TINY), tmp_path / "vit.pt")
+    store = make_store(tmp_path, bundled_data)
+    rows = run_benchmark([model], store, tmp_path / "bench", k=5, min_count=5, baseline_trees=30, progress=False)
+    best, why = best_deployable(rows, model_sha256=rows.loc[0, "model_sha256"])
+    assert best["method"] in {"knn5", "linear", "hybrid"} and not str(best["model"]).endswith("(random init)")
+    res = CliRunner().invoke(app, ["predict", "--model", str(model), "--store", str(store), "--out",
+                                   str(tmp_path / "pred"), "--leaderboard", str(tmp_path / "bench")])
+    assert res.exit_code == 0, res.output
+    assert f"classifier: vit/{best['method']}" in res.output and "best deployable" in res.output
+    pred = pd.read_parquet(tmp_path / "pred" / "predictions.parquet")
+    assert pred["pred_label"].notna().all()
