@@ -190,6 +190,17 @@ def convert_state_dict(state: dict[str, Tensor], model: PlanktonViT) -> dict[str
     return out
 
 
+def _public_backbone(state: dict[str, Tensor], model_cfg: dict[str, Any]) -> PlanktonViT:
+    """A PlanktonViT holding a public checkpoint's tensors: architecture from *state*, every
+    other model key from *model_cfg* (``max_tokens_per_image`` defaults to the table's grid)."""
+    cfg = {k: v for k, v in model_cfg.items() if k not in ARCH_KEYS and k != "init"}
+    cfg.update(pretrained_model_cfg(state, int(model_cfg.get("in_chans", 1))))
+    cfg.setdefault("max_tokens_per_image", cfg["pos_embed_grid"] ** 2)
+    model = PlanktonViT(cfg)
+    model.load_state_dict(convert_state_dict(state, model), strict=True)
+    return model
+
+
 def warm_start(model_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Model config and backbone state dict for ``model.init`` (see the module docstring).
 
@@ -204,32 +215,17 @@ def warm_start(model_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Ten
         cfg = {**payload["model_cfg"], **{k: model_cfg[k] for k in ("drop_path_rate", "drop_path_uniform",
                                                                      "grad_checkpointing") if k in model_cfg}}
         return cfg, dict(payload["state_dict"])
-    state = read_state_dict(path)
-    arch = pretrained_model_cfg(state, int(model_cfg.get("in_chans", 1)))
-    cfg = {k: v for k, v in model_cfg.items() if k not in ARCH_KEYS and k != "init"}
-    cfg.update(arch)
-    model = PlanktonViT(cfg)
-    return model.cfg, convert_state_dict(state, model)
+    model = _public_backbone(read_state_dict(path), model_cfg)
+    return model.cfg, model.state_dict()
 
 
-def load_pretrained_backbone(path: str | os.PathLike, in_chans: int = 1, model_overrides: dict | None = None,
+def load_pretrained_backbone(path: str | os.PathLike, in_chans: int = 1,
                              device: str | torch.device = "cpu") -> PlanktonViT:
-    """A :class:`PlanktonViT` holding the weights of a public checkpoint (see the module docstring).
-
-    *model_overrides*: non-architecture model keys to set (``max_tokens_per_image``,
-    ``drop_path_rate``, ``grad_checkpointing``, ...). Returned in eval mode.
-    """
-    state = read_state_dict(path)
-    cfg = pretrained_model_cfg(state, in_chans)
-    overrides = dict(model_overrides or {})
-    clash = sorted(k for k in overrides if k in ARCH_KEYS and k not in ("img_mean", "img_std"))
-    if clash:
-        raise ValueError(f"{path}: model keys {clash} are fixed by the checkpoint's architecture")
-    cfg.update(overrides)
-    cfg.setdefault("max_tokens_per_image", cfg["pos_embed_grid"] ** 2)
-    model = PlanktonViT(cfg)
+    """A :class:`PlanktonViT` holding the weights of a public checkpoint (see the module
+    docstring), for *in_chans* input channels, in eval mode on *device*."""
+    state = read_state_dict(path)  # its errors name the file already
     try:
-        model.load_state_dict(convert_state_dict(state, model), strict=True)
+        model = _public_backbone(state, {"in_chans": in_chans})
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     return model.to(device).eval()
