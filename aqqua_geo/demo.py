@@ -126,19 +126,12 @@ def _benchmark(r: DemoResult) -> None:
 
 def _predict(r: DemoResult) -> None:
     """Classify every image with the leaderboard's best *deployable* method, and say why."""
-    from aqqua_geo.downstream.benchmark import best_deployable
-    from aqqua_geo.downstream.classify import train_classifier
+    from aqqua_geo.downstream.benchmark import deploy_best
     from aqqua_geo.downstream.inference import predict_store
 
-    best, why = best_deployable(r.leaderboard, model="cpu-ssl")
-    backbone = r.paths["backbone"]
-    clf_path = r.out / "classifier" / "classifier.joblib"
-    if best["method"] == "finetune":
-        backbone = r.out / "benchmark" / "finetune_cpu-ssl" / "backbone.pt"
-        clf_path = r.out / "benchmark" / "finetune_cpu-ssl" / "classifier.joblib"
-    else:
-        kind = "knn" if best["method"].startswith("knn") else best["method"]
-        train_classifier(backbone, r.paths["store"], clf_path, kind=kind, min_count=10, rare="group")
+    backbone, clf_path, why, best = deploy_best(r.leaderboard, r.out / "benchmark", r.paths["backbone"],
+                                                r.paths["store"], r.out / "classifier" / "classifier.joblib",
+                                                model="cpu-ssl")
     r.paths["classifier"] = clf_path
     r.figures["classifier used"] = f"{best['method']} on cpu-ssl: {why}"
     pred = predict_store(backbone, r.paths["store"], r.out / "inference", clf_path)

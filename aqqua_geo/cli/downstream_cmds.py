@@ -69,29 +69,19 @@ def _classifier_from_leaderboard(model: Path, store: Path, out: Path, board_dir:
     import pandas as pd
 
     from aqqua_geo._io import file_sha256
-    from aqqua_geo.downstream.benchmark import best_deployable, slug
-    from aqqua_geo.downstream.classify import train_classifier
+    from aqqua_geo.downstream.benchmark import deploy_best
 
     csv = board_dir / "leaderboard.csv"
     if not csv.is_file():
         raise typer.BadParameter(f"{csv} not found: run `aqqua benchmark --out {board_dir}` first",
                                  param_hint="--leaderboard")
+    board = pd.read_csv(csv, dtype={"model_sha256": str})
     try:
-        best, why = best_deployable(pd.read_csv(csv, dtype={"model_sha256": str}), model_sha256=file_sha256(model))
-    except ValueError as err:
+        backbone, clf, why, best = deploy_best(board, board_dir, model, store, out / "classifier.joblib",
+                                               model_sha256=file_sha256(model), device=device)
+    except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err), param_hint="--leaderboard") from None
-    method = str(best["method"])
-    if method == "finetune":
-        ft_dir = board_dir / f"finetune_{slug(str(best['model']))}"
-        backbone, clf = ft_dir / "backbone.pt", ft_dir / "classifier.joblib"
-        if not clf.is_file():
-            raise typer.BadParameter(f"{clf} missing: re-run the benchmark", param_hint="--leaderboard")
-    else:
-        backbone, clf = model, out / "classifier.joblib"
-        kind = "knn" if method.startswith("knn") else method
-        k = int(method[3:]) if method.startswith("knn") and method[3:].isdigit() else 20
-        train_classifier(model, store, clf, kind=kind, k=k, device=device)
-    typer.echo(f"classifier: {best['model']}/{method} — {why}")
+    typer.echo(f"classifier: {best['model']}/{best['method']} — {why}")
     return backbone, clf
 
 

@@ -218,9 +218,11 @@ def run_benchmark(models: Sequence[str | Path], store_dir: str | Path, out_dir: 
         emb = embed_images(model, images, list(px), max_tokens_per_batch=max_tokens_per_batch, device=device)
         add_rows(name, emb, file_sha256(model_path), hybrid)
         if random_init:
+            import torch
+
             from aqqua_geo.foundation.vit import build_backbone
 
-            torch_seed(seed)
+            torch.manual_seed(seed)
             control = build_backbone(model.cfg).to(device).eval()
             add_rows(f"{name} (random init)", embed_images(control, images, list(px), device=device,
                                                            max_tokens_per_batch=max_tokens_per_batch), "", False)
@@ -289,10 +291,29 @@ def best_deployable(board: pd.DataFrame, model_sha256: str | None = None, model:
     return best, why
 
 
-def torch_seed(seed: int) -> None:
-    import torch
+def deploy_best(board: pd.DataFrame, board_dir: str | Path, backbone: str | Path, store: str | Path,
+                classifier_path: str | Path, *, model_sha256: str | None = None, model: str | None = None,
+                device: str = "cpu") -> tuple[Path, Path, str, pd.Series]:
+    """Make the leaderboard's best deployable method usable by ``predict_store``.
 
-    torch.manual_seed(seed)
+    Trains that head (k-NN with the row's k, linear or hybrid) on *store*'s labels into
+    *classifier_path*, or, for ``finetune``, points at the fine-tuned backbone and classifier
+    the benchmark wrote under *board_dir*. Returns ``(backbone, classifier, why, row)``.
+    """
+    from aqqua_geo.downstream.classify import train_classifier
+
+    best, why = best_deployable(board, model_sha256=model_sha256, model=model)
+    method = str(best["method"])
+    if method == "finetune":
+        ft_dir = Path(board_dir) / f"finetune_{slug(str(best['model']))}"
+        backbone, classifier = ft_dir / "backbone.pt", ft_dir / "classifier.joblib"
+        if not classifier.is_file():
+            raise FileNotFoundError(f"{classifier} missing: re-run the benchmark with fine-tuning")
+        return backbone, classifier, why, best
+    kind = "knn" if method.startswith("knn") else method
+    k = int(method[3:]) if kind == "knn" and method[3:].isdigit() else 20
+    train_classifier(backbone, store, classifier_path, kind=kind, k=k, device=device)
+    return Path(backbone), Path(classifier_path), why, best
 
 
 def _read_labels(path: str | Path, store) -> list[str | None]:

@@ -192,7 +192,8 @@ def finetune(backbone_path: str | Path, store, out_dir: str | Path, *,
         if val_loss < best[0] - 1e-4:
             best = (val_loss, epoch + 1, copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
         elif epoch + 1 - best[1] >= patience:
-            bar.write(f"early stop: validation loss has not improved since epoch {best[1]}") if progress else None
+            if progress:
+                bar.write(f"early stop: validation loss has not improved since epoch {best[1]}")
             break
     bar.close()
     model.load_state_dict(best[2])
