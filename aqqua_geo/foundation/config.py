@@ -7,8 +7,11 @@ bare names (``"tiny"``) resolve to the package's configs, then to ``./foundation
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from aqqua_geo import config as _config
 from aqqua_geo.config import ConfigError, dump_config
@@ -17,7 +20,18 @@ PACKAGED_DEFAULT = Path(__file__).resolve().parent / "configs" / "default.yaml"
 # Mappings that accept new keys (their entries are validated where they are used).
 OPEN_SECTIONS = frozenset({"augment.profiles"})
 
-__all__ = ["ConfigError", "PACKAGED_DEFAULT", "dump_config", "load_config", "resolve_config_path"]
+__all__ = ["ConfigError", "PACKAGED_DEFAULT", "dump_config", "load_config", "packaged_defaults",
+           "resolve_config_path"]
+
+
+@functools.cache
+def _packaged() -> dict[str, Any]:
+    return _config.yaml_load(PACKAGED_DEFAULT.read_text())
+
+
+def packaged_defaults(section: str) -> dict[str, Any]:
+    """A section of the packaged ``default.yaml`` (read once): the one place defaults live."""
+    return copy.deepcopy(_packaged()[section])
 
 
 def load_config(path_or_name: str | Path | Mapping | None = None, overrides: Iterable[str] = ()) -> dict:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aqqua_geo.foundation.config import packaged_defaults
 from aqqua_geo.foundation.heads import DINOHead
 from aqqua_geo.foundation.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCentering, sinkhorn_knopp
 from aqqua_geo.foundation.packing import PackedBatch, concat_packed
@@ -41,17 +42,9 @@ from aqqua_geo.foundation.vit import build_backbone
 STUDENT_TEMP = 0.1
 
 
-def _section_defaults(section: str) -> dict[str, Any]:
-    """A section of the packaged ``default.yaml``: the one place these defaults live."""
-    from pathlib import Path
-
-    from aqqua_geo.config import yaml_load
-
-    return yaml_load((Path(__file__).resolve().parent / "configs" / "default.yaml").read_text())[section]
-
-
 def _merged(cfg: dict[str, Any], section: str) -> dict[str, Any]:
-    defaults = _section_defaults(section)
+    """*cfg*'s section over the packaged defaults; keys the defaults do not define are refused."""
+    defaults = packaged_defaults(section)
     given = cfg.get(section, {}) or {}
     unknown = sorted(set(given) - set(defaults))
     if unknown:

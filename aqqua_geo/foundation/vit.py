@@ -47,7 +47,6 @@ Model config (the ``model:`` block of a pretraining YAML; defaults: the packaged
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +55,7 @@ from torch.utils.checkpoint import checkpoint
 
 from aqqua_geo._compat import import_timm
 from aqqua_geo.foundation.attention import BACKENDS, attention_bias, packed_attention, resolve_backend
+from aqqua_geo.foundation.config import packaged_defaults
 from aqqua_geo.foundation.packing import PackedBatch, PackedLayout
 from aqqua_geo.foundation.pos_embed import POS_EMBEDS, build_pos_embed
 
@@ -67,16 +67,9 @@ ARCHS: dict[str, dict[str, int]] = {
     "vit_giant": {"embed_dim": 1536, "depth": 40, "num_heads": 24},
 }
 
-def _packaged_model_defaults() -> dict[str, Any]:
-    """The ``model:`` block of the packaged ``default.yaml``: the one place model defaults live."""
-    from aqqua_geo.config import yaml_load
-
-    block = yaml_load((Path(__file__).resolve().parent / "configs" / "default.yaml").read_text())["model"]
-    block.pop("init", None)  # where weights come from, not an architecture key (see train.pretrain)
-    return block
-
-
-MODEL_DEFAULTS: dict[str, Any] = _packaged_model_defaults()
+#: the ``model:`` block of the packaged default.yaml, less ``init`` (where weights come from,
+#: not an architecture key; see train.pretrain)
+MODEL_DEFAULTS: dict[str, Any] = {k: v for k, v in packaged_defaults("model").items() if k != "init"}
 
 
 def resolve_model_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
