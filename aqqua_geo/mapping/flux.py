@@ -7,6 +7,11 @@ Flux from a number spectrum (Guidi et al. 2008, Deep-Sea Res. I 55:1364):
 with n_i the number spectrum in # L-1 mm-1, d_i the class mid-point ESD in mm (geometric mean
 of the class bounds), dd_i the class width in mm, and by default A = 12.5, b = 3.81, applied
 only where the relation was calibrated (classes whose mid-point lies in 0.102-1.5 mm ESD).
+:func:`flux_relation` builds other relations: the 35 um-5 mm size range of Clements et al. 2023
+(GBC, "New estimate of organic carbon export from optical measurements..."), any A and b, or a
+fit against co-located trap fluxes (:mod:`aqqua_geo.mapping.flux_calibration`).
+Counting noise: with c_i particles counted in V litres, F = sum_i c_i A d_i^b / V, so the
+Poisson standard error is sqrt(sum_i c_i (A d_i^b / V)^2) (:func:`guidi_flux_poisson_sd`).
 Totals over the globe integrate a (lat, lon) flux map over cell areas on the sphere,
 A_cell = R^2 * dlon * (sin(lat_north) - sin(lat_south)), ocean cells only, in Pg C yr-1.
 """
@@ -26,7 +31,11 @@ from aqqua_geo.mapping.sphere import EARTH_RADIUS_M, cell_area
 __all__ = [
     "FluxRelation",
     "GUIDI2008",
+    "SIZE_RANGES_MM",
+    "flux_relation",
+    "class_weights",
     "guidi_flux",
+    "guidi_flux_poisson_sd",
     "flux_at_depth",
     "export_flux",
     "cell_area",
@@ -55,11 +64,64 @@ GUIDI2008 = FluxRelation(A=12.5, b=3.81, d_min_mm=0.102, d_max_mm=1.5,
                          reference="Guidi et al. 2008, Deep-Sea Res. I 55:1364-1374")
 
 
+#: Named ESD ranges (mm) over which A d^b is applied: Guidi et al. 2008's calibration range and
+#: the 35 um-5 mm range of the sinking-particle PSD of Clements et al. 2023.
+SIZE_RANGES_MM: dict[str, tuple[float, float]] = {
+    "guidi2008": (0.102, 1.5),
+    "clements2023": (0.035, 5.0),
+}
+
+
+def flux_relation(size_range: str | tuple[float, float] = "guidi2008", A: float = GUIDI2008.A,
+                  b: float = GUIDI2008.b, reference: str | None = None) -> FluxRelation:
+    """A flux relation with a named (:data:`SIZE_RANGES_MM`) or explicit ``(d_min_mm,
+    d_max_mm)`` size range and any ``A``, ``b`` (default Guidi et al. 2008's 12.5, 3.81).
+
+    Outside 0.102-1.5 mm, Guidi's A and b are an extrapolation (the 35 um-5 mm range is Clements
+    et al.'s, not a calibration of A d^b over it): say which in *reference*.
+    """
+    if isinstance(size_range, str):
+        if size_range not in SIZE_RANGES_MM:
+            raise KeyError(f"unknown size range {size_range!r}; known: {sorted(SIZE_RANGES_MM)} or (d_min_mm, d_max_mm)")
+        lo, hi = SIZE_RANGES_MM[size_range]
+        name = size_range
+    else:
+        lo, hi = (float(v) for v in size_range)
+        name = f"{lo:g}-{hi:g} mm"
+    if not (0 < lo < hi):
+        raise ValueError(f"size range must satisfy 0 < d_min_mm < d_max_mm, got ({lo}, {hi})")
+    if not (np.isfinite(A) and A > 0 and np.isfinite(b)):
+        raise ValueError(f"A must be a positive number and b finite, got A={A}, b={b}")
+    ref = reference if reference is not None else f"A={A:g}, b={b:g} over {name} ESD"
+    return FluxRelation(A=float(A), b=float(b), d_min_mm=lo, d_max_mm=hi, reference=ref)
+
+
 def _class_geometry(edges_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     edges = np.asarray(edges_mm, dtype=float)
     if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0) or edges[0] <= 0:
         raise ValueError("size-class edges must be a 1-D increasing sequence of positive ESDs (mm)")
     return np.sqrt(edges[:-1] * edges[1:]), np.diff(edges)
+
+
+def class_weights(edges_mm: Any, relation: FluxRelation = GUIDI2008) -> np.ndarray:
+    """Flux per particle of each class, ``A d_i^b`` (mg C m-2 d-1 per particle L-1), 0 for
+    classes whose mid-point is outside the relation's size range."""
+    mid, _ = _class_geometry(np.asarray(edges_mm))
+    keep = (mid >= relation.d_min_mm) & (mid <= relation.d_max_mm)
+    return np.where(keep, relation.A * mid**relation.b, 0.0)
+
+
+def guidi_flux_poisson_sd(counts: Any, volume_l: Any, edges_mm: Any,
+                          relation: FluxRelation = GUIDI2008) -> np.ndarray:
+    """Poisson counting standard error of the flux of *counts* (particles per class, last axis)
+    seen in *volume_l* litres: ``sqrt(sum_i c_i (A d_i^b / V)^2)`` (mg C m-2 d-1)."""
+    c = np.asarray(counts, dtype=float)
+    v = np.asarray(volume_l, dtype=float)
+    w = class_weights(edges_mm, relation)
+    if c.shape[-1] != w.size:
+        raise ValueError(f"counts have {c.shape[-1]} classes, edges give {w.size}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt((c * w**2).sum(axis=-1)) / v
 
 
 def guidi_flux(
