@@ -125,6 +125,7 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
     store = AqquaStore(store_dir)
     ids = store.object_ids
     pixel_sizes = store.metadata["pixel_size_um"].to_numpy(dtype=np.float64)
+    instruments = store.metadata["instrument"].tolist()  # IFCB ROIs: edge segmentation
     group = zarr.open_group(zarr_path, mode="r")
     fingerprint = {**group.attrs["aqqua_fingerprint"], "top_k": top_k, "novel_carbon": novel_carbon,
                    "colonies": colonies,
@@ -152,7 +153,7 @@ def predict_store(model_path: str | Path, store_dir: str | Path, out_dir: str | 
                 bar.update(hi - lo)
                 continue
             images = store.get_many(range(lo, hi))
-            traits = measure_many(images, list(pixel_sizes[lo:hi]))
+            traits = measure_many(images, list(pixel_sizes[lo:hi]), instruments=instruments[lo:hi])
             features = np.asarray(group["embedding"][lo:hi])
             if bundle is not None and bundle.embedding.get("inputs") == HYBRID_INPUTS:
                 features = hybrid_inputs(features, images, pixel_sizes[lo:hi])

@@ -297,7 +297,8 @@ def write_ecotaxa(
                 if trait_cols:
                     from aqqua_geo.downstream.traits import measure_many
 
-                    traits = measure_many(images, meta["pixel_size_um"].to_numpy()[lo:hi])[trait_cols]
+                    traits = measure_many(images, meta["pixel_size_um"].to_numpy()[lo:hi],
+                                          instruments=meta["instrument"].tolist()[lo:hi])[trait_cols]
                     values = pd.concat([values.reset_index(drop=True), traits], axis=1)
                 for j, image in enumerate(images):
                     i = lo + j
