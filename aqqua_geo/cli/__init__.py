@@ -21,7 +21,7 @@ app = typer.Typer(
 
 # One module per command group; each owns its commands.
 _COMMAND_MODULES = (
-    "store_cmds",  # info
+    "store_cmds",  # info, store compact|upgrade
     "ingest_cmds",  # ingest, validate
     "pretrain_cmds",  # pretrain
     "downstream_cmds",  # embed, predict, finetune, distill, benchmark, export-ecotaxa

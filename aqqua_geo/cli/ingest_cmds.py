@@ -68,6 +68,10 @@ def register(app: typer.Typer) -> None:
                                             "default) or zstd (~20 % smaller, slower reads)."),
         follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
                                              help="Follow symbolic links that lead out of SRC (refused by default)."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Stage chunks of SRC on a Dask LocalCluster "
+                                              "of N processes (the store equals a serial ingest)."),
+        scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler "
+                                                "(e.g. dask-jobqueue on SLURM) to stage the chunks on."),
     ) -> None:
         """Ingest SRC into the store; prints ingested / rejected by reason / duplicates.
 
@@ -78,6 +82,9 @@ def register(app: typer.Typer) -> None:
         opts = _options(source, constants, positions, pixel_size_um, metadata, mapping, strict, batch_size)
         opts["codec"] = codec
         opts["follow_symlinks"] = follow_symlinks
+        if workers is not None and workers < 1:
+            _fail(ValueError(f"--workers {workers}: must be >= 1"))
+        opts.update(workers=workers, scheduler=scheduler)
         try:
             report = ingest(src, store, fmt=fmt, **opts)
         except (IngestError, ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:

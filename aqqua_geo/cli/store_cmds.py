@@ -1,4 +1,4 @@
-"""``aqqua info``: what is in an AqQua store."""
+"""``aqqua info`` (what is in an AqQua store) and ``aqqua store compact|upgrade``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def store_info(store_dir: str | Path) -> dict:
     from aqqua_geo.store import AqquaStore
 
     store = AqquaStore(store_dir)
-    df = store.metadata
+    # only the columns summarised here are scanned (not the whole table)
+    df = store.metadata_columns(["instrument", "source", "datetime", "lat", "lon", "depth_min", "depth_max",
+                                 "pixel_size_um", "label", "label_status", "shard"])
     info: dict = {
         "path": str(store.path),
         "format_version": store.manifest["format_version"],
@@ -41,7 +43,7 @@ def store_info(store_dir: str | Path) -> dict:
     info["rejected_by_reason"] = {k: int(v) for k, v in rej["reason"].value_counts().sort_index().items()}
     info["shards"] = store.manifest.get("shards", [])
     info["problems"] = []
-    for shard in sorted(set(store._shard_of)):  # cheap: LMDB's own size vs the file's, no image read
+    for shard in sorted(set(df["shard"].tolist())):  # cheap: LMDB's own size vs the file's, no image read
         try:
             store._shards._env(int(shard))
         except OSError as err:
@@ -73,8 +75,40 @@ def _render(info: dict) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``info`` to *app*."""
+    """Add ``info`` and the ``store`` group (compact, upgrade) to *app*."""
     app.command("info")(info_cmd)
+    group = typer.Typer(help="Maintain an AqQua store.", no_args_is_help=True)
+    group.command("compact")(compact_cmd)
+    group.command("upgrade")(upgrade_cmd)
+    app.add_typer(group, name="store")
+
+
+def compact_cmd(
+    store: Path = typer.Argument(..., help="Store directory."),
+    target_rows: int = typer.Option(1_000_000, "--target-rows", help="Rows per merged part file."),
+) -> None:
+    """Merge small metadata part files (content and row order unchanged)."""
+    from aqqua_geo.store.maintenance import compact
+
+    try:
+        summary = compact(store, target_rows=target_rows)
+    except (OSError, ValueError, RuntimeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    for kind, (before, after) in summary.items():
+        typer.echo(f"{kind}: {before} -> {after} part file(s)")
+
+
+def upgrade_cmd(store: Path = typer.Argument(..., help="Store directory.")) -> None:
+    """Convert a format-1 store to format 2 in place (its files become parts; index built)."""
+    from aqqua_geo.store.maintenance import upgrade
+
+    try:
+        done = upgrade(store)
+    except (OSError, ValueError, RuntimeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{store}: upgraded to format 2" if done else f"{store}: already format 2")
 
 
 def info_cmd(

@@ -120,7 +120,7 @@ def _store_state(store_dir: str | Path | None) -> tuple[dict[str, str], dict[str
         return {}, {}
     from aqqua_geo.store import AqquaStore
 
-    table = AqquaStore(store_dir).table
+    table = AqquaStore(store_dir)._dataset.to_table(columns=["object_id", "content_hash", "label"])
     ids, hashes = table.column("object_id").to_pylist(), table.column("content_hash").to_pylist()
     labels = table.column("label").to_pylist()
     return dict(zip(ids, hashes)), {h: (oid, lab) for oid, h, lab in zip(ids, hashes, labels)}
@@ -163,12 +163,87 @@ def _default_source(src: Path) -> str:
     return name
 
 
-def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, progress=True, batch_size=512, codec=None,
-         **options):
+#: Records per staged session (chunk): the unit of parallel work and of resume. Fixed, so a
+#: re-run (serial or on any number of workers) finds the journal of a killed run.
+CHUNK_RECORDS = 4096
+
+
+def _chunk(src, fmt, store_dir, source, chunk, chunk_records, constants, raw_constants, strict, batch_size, codec,
+           options, progress=False) -> dict[str, Any]:
+    """Stage the records ``chunk*chunk_records ..`` of the source as one writer session.
+
+    Runs in-process (serial ingest) or on a Dask worker; every chunk parses the (cheap)
+    metadata stream and decodes only its own images, so chunks need no format-specific split.
+    """
     from tqdm.auto import tqdm
 
     from aqqua_geo.store import StoreWriter
+    from aqqua_geo.store.writer import session_name
 
+    lo, hi = chunk * chunk_records, (chunk + 1) * chunk_records
+    out = {"records": 0, "rejected_by_reason": Counter(), "rejections": [], "notes": [], "warnings": Counter(),
+           "exists": 0}
+    info = {"constants": {k: str(v) for k, v in raw_constants.items()}}
+    writer = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(Path(src).resolve()),
+                         batch_size=batch_size, codec=codec, source_info=info, publish=False,
+                         session=session_name(source, chunk))
+    writer.open()
+
+    def reject(file: str, record: str, reason: str, detail: str, raw=None, object_id=None, reasons=None) -> None:
+        if strict:
+            raise IngestError(detail)
+        out["rejected_by_reason"][reason] += 1
+        out["rejections"].append({"file": file, "record": record, "reason": reason, "detail": detail,
+                                  "reasons": ",".join(reasons or (reason,))})
+        writer.reject(file=file, record=record, reason=reason, detail=detail, raw=raw, object_id=object_id)
+
+    try:
+        items = _iterator(Path(src), fmt, options, Path(store_dir))
+        for i, item in enumerate(tqdm(items, desc=f"ingest {source}", unit="rec", disable=not progress,
+                                      mininterval=1.0)):
+            if i < lo:
+                continue
+            if i >= hi:
+                break
+            if isinstance(item, FileProblem):
+                if item.reason is None:
+                    out["notes"].append(item.detail)
+                else:
+                    out["records"] += 1  # a record (or a file counted as one) that could not be read
+                    reject(item.file, item.record, item.reason, item.detail, item.raw, item.object_id)
+                continue
+            out["records"] += 1
+            _apply_constants(item, constants, raw_constants)
+            oid = item.object_id  # an id seen before: same pixels → exists, other pixels → rejected
+            try:
+                image, record = _checked(item, source)
+                writer.add(oid, image, record, item.raw, file=item.file, record_name=item.record)
+            except InvalidRecord as err:
+                reject(item.file, item.record, err.reason, _where(item, err.detail), item.raw, oid, err.reasons)
+        writer.close()
+    except BaseException:
+        writer.abort()  # batches already staged stay in the journal: a re-run resumes
+        raise
+    out["exists"] = writer.report.exists - writer.report.resumed  # already in the committed store
+    out["warnings"] = writer.report.warnings
+    return out
+
+
+def _count_records(src: Path, fmt: str, options: dict[str, Any], store_dir: Path) -> int:
+    return sum(1 for _ in _iterator(src, fmt, options, store_dir))
+
+
+def _dask_client(workers: int | None, scheduler: str | None):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler), None
+    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, progress=True, batch_size=512, codec=None,
+         workers=None, scheduler=None, chunk_records=CHUNK_RECORDS, **options):
     src = Path(src)
     raw_constants = (dict(p.split("=", 1) for p in constants) if isinstance(constants, (list, tuple))
                      else dict(constants or {}))
@@ -177,70 +252,129 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
     report = IngestReport(source=source, fmt=fmt, src=str(src), store_dir=None if store_dir is None else str(store_dir),
                           dry_run=store_dir is None)
     t0 = time.perf_counter()
-    store_dir = None if store_dir is None else Path(store_dir)
-    context = store_dir or (Path(options["against_store"]) if options.get("against_store") else None)
-    items = _iterator(src, fmt, options, context)
-    writer = None
     if store_dir is not None:
-        info = {"constants": {k: str(v) for k, v in raw_constants.items()}}
-        writer = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(src.resolve()),
-                             batch_size=batch_size, codec=codec, source_info=info)
-        writer.open()
-    # dry run: what the writer would know (the store given as against_store, then this run)
-    known, seen_hashes = _store_state(options.get("against_store")) if writer is None else ({}, {})
+        _ingest_chunks(report, src, fmt, Path(store_dir), source, constants, raw_constants, strict, progress,
+                       batch_size, codec, workers, scheduler, int(chunk_records), options)
+    else:
+        _validate(report, src, fmt, source, constants, raw_constants, strict, progress, options)
+    for key, n in sorted(report.warning_counts.items()):
+        report.notes.append(f"{n} record(s): {_WARNING_TEXT.get(key, key)}")
+    report.seconds = time.perf_counter() - t0
+    return report
 
-    def reject(file: str, record: str, reason: str, detail: str, raw=None, object_id=None, reasons=None) -> None:
+
+def _ingest_chunks(report, src, fmt, store_dir, source, constants, raw_constants, strict, progress, batch_size, codec,
+                   workers, scheduler, chunk_records, options) -> None:
+    """Stage every chunk (in-process, or on Dask workers) then commit them in chunk order."""
+    from aqqua_geo.store.commit import commit, prepare
+    from aqqua_geo.store.manifest import MANIFEST, read_manifest
+    from aqqua_geo.store.writer import JOURNAL, lock_store, session_name, unlock_store
+
+    if chunk_records < 1:
+        raise ValueError(f"chunk_records must be >= 1, got {chunk_records}")
+    created = not store_dir.exists()
+    lock = lock_store(store_dir)
+    try:
+        if (store_dir / MANIFEST).is_file():
+            manifest = read_manifest(store_dir)
+            if "tables" in manifest:
+                prepare(store_dir, manifest)  # undo a half-done commit before anyone reads the index
+        n = _count_records(src, fmt, options, store_dir)
+        n_chunks = max(1, -(-n // chunk_records))
+        args = (src, fmt, store_dir, source)
+        rest = (chunk_records, constants, raw_constants, strict, batch_size, codec, options)
+        if workers or scheduler:
+            client, cluster = _dask_client(workers, scheduler)
+            try:
+                futures = [client.submit(_chunk, *args, k, *rest, key=f"aqqua-ingest-{source}-{k}", pure=False)
+                           for k in range(n_chunks)]
+                parts = client.gather(futures)
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+        else:
+            parts = [_chunk(*args, k, *rest, progress=progress) for k in range(n_chunks)]
+        for part in parts:
+            report.records += part["records"]
+            report.rejected_by_reason.update(part["rejected_by_reason"])
+            report.rejections += part["rejections"]
+            report.notes += [x for x in part["notes"] if x not in report.notes]
+            report.warning_counts.update(part["warnings"])
+            report.exists += part["exists"]
+        sessions = [store_dir / JOURNAL / session_name(source, k) for k in range(n_chunks)]
+        if not any((s / "session.json").is_file() for s in sessions):
+            sessions = sessions[:1]  # nothing staged: still register a new source
+            from aqqua_geo.store import StoreWriter
+
+            known = (store_dir / MANIFEST).is_file() and source in {
+                e["source"] for e in read_manifest(store_dir).get("sources", [])}
+            if not known:
+                w = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(src.resolve()),
+                                codec=codec, publish=False, session=sessions[0].name,
+                                source_info={"constants": {k: str(v) for k, v in raw_constants.items()}})
+                w.open()
+                w._start_session()
+                w.close()
+            else:
+                sessions = []
+        if sessions:
+            result = commit(store_dir, sessions, codec_name=codec)
+            report.ingested, report.duplicates = result.added, result.duplicates
+            report.exists += result.exists
+            report.conflicting_labels = result.conflicting_labels
+            clash = result.rejected_by_reason.get("duplicate_object_id", 0) - report.rejected_by_reason.get(
+                "duplicate_object_id", 0)
+            if clash > 0:  # the same id with other pixels in two chunks: decided at commit
+                report.rejected_by_reason["duplicate_object_id"] += clash
+    except BaseException:
+        unlock_store(lock)
+        lock = None
+        if created and not (store_dir / MANIFEST).exists() and not (store_dir / JOURNAL).exists():
+            (store_dir / ".lock").unlink(missing_ok=True)
+            try:
+                store_dir.rmdir()
+            except OSError:
+                pass
+        raise
+    finally:
+        if lock is not None:
+            unlock_store(lock)
+
+
+def _validate(report, src, fmt, source, constants, raw_constants, strict, progress, options) -> None:
+    """Dry run: what the writer would answer (against the store given as against_store)."""
+    from tqdm.auto import tqdm
+
+    items = _iterator(src, fmt, options, Path(options["against_store"]) if options.get("against_store") else None)
+    known, seen_hashes = _store_state(options.get("against_store"))
+
+    def reject(file: str, record: str, reason: str, detail: str, reasons=None) -> None:
         if strict:
             raise IngestError(detail)
         report.rejected_by_reason[reason] += 1
         report.rejections.append({"file": file, "record": record, "reason": reason, "detail": detail,
                                   "reasons": ",".join(reasons or (reason,))})
-        if writer is not None:
-            writer.reject(file=file, record=record, reason=reason, detail=detail, raw=raw, object_id=object_id)
 
-    try:
-        for item in tqdm(items, desc=f"{'validate' if writer is None else 'ingest'} {source}", unit="rec",
-                         disable=not progress, mininterval=1.0):
-            if isinstance(item, FileProblem):
-                if item.reason is None:
-                    report.notes.append(item.detail)
-                else:
-                    report.records += 1  # a record (or a file counted as one) that could not be read
-                    reject(item.file, item.record, item.reason, item.detail, item.raw, item.object_id)
-                continue
-            report.records += 1
-            _apply_constants(item, constants, raw_constants)
-            oid = item.object_id  # an id seen before: same pixels → exists, other pixels → rejected
-            try:
-                image, record = _checked(item, source)
-                warnings: list[str] = []
-                if writer is not None:
-                    outcome = writer.add(oid, image, record, item.raw)
-                else:
-                    outcome = _dry_add(oid, image, record, source, seen_hashes, known, report, warnings)
-                    for w in warnings:
-                        report.warning_counts[w.split("=")[0]] += 1
-            except InvalidRecord as err:
-                reject(item.file, item.record, err.reason, _where(item, err.detail), item.raw, oid, err.reasons)
-                continue
-            if writer is None:
-                continue
-            report.ingested += outcome == "added"
-            report.exists += outcome == "exists"
-            report.duplicates += outcome == "duplicate"
-        if writer is not None:
-            report.conflicting_labels = writer.report.conflicting_labels
-            for key, n in writer.report.warnings.items():
-                report.warning_counts[key] += n
-            writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.abort()  # batches already committed stay in the journal: a re-run resumes
-        raise
-    for key, n in sorted(report.warning_counts.items()):
-        report.notes.append(f"{n} record(s): {_WARNING_TEXT.get(key, key)}")
-    report.seconds = time.perf_counter() - t0
-    return report
+    for item in tqdm(items, desc=f"validate {source}", unit="rec", disable=not progress, mininterval=1.0):
+        if isinstance(item, FileProblem):
+            if item.reason is None:
+                report.notes.append(item.detail)
+            else:
+                report.records += 1
+                reject(item.file, item.record, item.reason, item.detail)
+            continue
+        report.records += 1
+        _apply_constants(item, constants, raw_constants)
+        oid = item.object_id
+        try:
+            image, record = _checked(item, source)
+            warnings: list[str] = []
+            _dry_add(oid, image, record, source, seen_hashes, known, report, warnings)
+            for w in warnings:
+                report.warning_counts[w.split("=")[0]] += 1
+        except InvalidRecord as err:
+            reject(item.file, item.record, err.reason, _where(item, err.detail), err.reasons)
 
 
 _WARNING_TEXT = {"lon": "longitude given as 0..360, stored as -180..180 (see raw column aqqua_warnings)"}
@@ -307,7 +441,10 @@ def ingest(src: str | Path, store_dir: str | Path, fmt: str = "ecotaxa", **optio
     ``strict`` (raise :class:`IngestError` at the first bad record; nothing is written),
     ``progress``, ``batch_size``, ``codec`` (``lz4hc`` fast reads | ``zstd`` small; new stores); IFCB: ``positions`` (CSV bin,lat,lon,depth),
     ``pixel_size_um``; folder: ``metadata`` (CSV/Parquet), ``mapping`` (field → column);
-    ``follow_symlinks`` (links out of SRC are refused by default).
+    ``follow_symlinks`` (links out of SRC are refused by default); ``workers`` (stage the
+    chunks on a Dask LocalCluster of that many processes) or ``scheduler`` (address of any
+    Dask cluster); ``chunk_records`` (records per chunk, default :data:`CHUNK_RECORDS`).
+    The store equals the serial ingest's whatever the number of workers.
     Re-running is idempotent; a killed run resumes when run again.
     """
     if fmt not in FORMATS:

@@ -21,7 +21,9 @@ class AqquaTorchDataset(Dataset):
     """
 
     def __init__(self, store: AqquaStore, transform: Callable[[dict[str, Any]], Any] | None = None):
-        table = store.table
+        # only the five columns an item needs, scanned once (the images stay in LMDB)
+        table = store._dataset.to_table(columns=["object_id", "shard", "pixel_size_um", "instrument", "label"],
+                                        filter=store._filter)
         self.object_ids: list[str] = table.column("object_id").to_pylist()
         self.shards: list[int] = table.column("shard").to_pylist()
         self.pixel_sizes_um: list[float] = table.column("pixel_size_um").to_pylist()

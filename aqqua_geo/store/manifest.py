@@ -16,6 +16,8 @@ from aqqua_geo._io import atomic_write_bytes
 from aqqua_geo.store.schema import FORMAT, FORMAT_VERSION
 
 MANIFEST = "manifest.json"
+#: Format major versions this code reads (1: single metadata.parquet; 2: part files + index).
+READABLE_MAJORS = ("1", "2")
 
 
 def now_iso() -> str:
@@ -45,6 +47,8 @@ def new_manifest() -> dict[str, Any]:
         "sources": [],
         "shards": [],
         "codec": {},
+        "generation": 0,
+        "tables": {"harmonised": [], "raw": [], "rejected": [], "duplicates": []},
     }
 
 
@@ -62,7 +66,7 @@ def read_manifest(store_dir: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
     major = str(manifest.get("format_version", "0")).split(".")[0]
-    if major != FORMAT_VERSION.split(".")[0]:
+    if major not in READABLE_MAJORS:
         raise ValueError(f"{path}: format_version {manifest.get('format_version')} not readable by {FORMAT_VERSION}")
     return manifest
 

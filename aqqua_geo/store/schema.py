@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 FORMAT = "aqqua"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "2.0"
 
 #: Units of the harmonised columns (stored in the Parquet schema metadata).
 UNITS: dict[str, str] = {

@@ -1,17 +1,16 @@
-"""Writing to an AqQua store: atomic, idempotent and resumable.
+"""Writing to an AqQua store: one session of records, staged in a journal, then committed.
 
-How a crash (even ``kill -9``) is survived:
+A :class:`StoreWriter` is one *session*: it validates and de-duplicates records (against the
+committed store through the on-disk index, and against itself) and stages them in
+``STORE/.journal/<session>/``: images in the session's own LMDB (key = content hash), table
+rows in batch folders (a temporary folder renamed into place = one atomic batch commit).
+Nothing of it is visible until :func:`aqqua_geo.store.commit.commit` merges one or more
+sessions, in order, into new part files, appends the kept images to the store's shards and
+replaces ``manifest.json`` (the single commit point). Many sessions (Dask workers) can stage
+in parallel; the commit replays their records in order, so the result equals one serial run.
 
-* images go to LMDB in one transaction per batch (LMDB commits are atomic);
-* right after each LMDB commit, the batch's table rows (metadata, raw, rejected, duplicates)
-  are written to ``STORE/.journal/batch-NNNNNN/`` as a temporary folder renamed into place;
-* :meth:`StoreWriter.close` merges the journal into the store's Parquet files (each replaced
-  atomically, ``manifest.json`` last) and only then deletes the journal.
-
-A new writer first loads the committed tables *and* any journal left by a killed run, so an
-object already there is answered ``"exists"``; an image that reached LMDB without its journal
-batch is simply written again (same key, same bytes). Re-running an ingest is therefore
-idempotent and a killed ingest resumes to the same final store.
+A killed session leaves its journal: the next run of the same session loads it (records
+already staged answer ``"exists"``), so a re-run resumes and ends with the same store.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,24 +30,12 @@ from typing import Any
 import lmdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aqqua_geo._io import atomic_write_bytes, atomic_write_parquet
+from aqqua_geo._io import atomic_write_bytes
 from aqqua_geo.store import codec, segments
-from aqqua_geo.store.envs import close_env, open_env
-from aqqua_geo.store.manifest import (
-    GENERATION_KEY,
-    MANIFEST,
-    new_manifest,
-    now_iso,
-    package_version,
-    read_manifest,
-    write_manifest,
-)
+from aqqua_geo.store.manifest import MANIFEST, StoreError, now_iso, read_manifest
 from aqqua_geo.store.schema import (
-    DUPLICATES_SCHEMA,
-    HARMONISED_SCHEMA,
     REASONS,
     REJECTED_SCHEMA,
     InvalidRecord,
@@ -60,8 +48,10 @@ from aqqua_geo.store.schema import (
 JOURNAL = ".journal"
 SHARD_NAME = "shard-{:04d}.lmdb"
 DEFAULT_SHARD_BYTES = 4 << 30
-_RAW_SOURCE = "__aqqua_source"  # journal-only column: which source a raw row belongs to
-_RAW_KEYS = ("object_id", "kept_object_id")
+SESSION_IMAGES = "images.lmdb"
+#: journal-only columns of staged rows: order in the session, where the record came from
+SEQ, FILE, RECORD, RAW_JSON = "_seq", "_file", "_record", "_raw_json"
+_SESSION_MAP_SIZE = 64 << 30
 
 
 def shard_path(store_dir: str | Path, shard: int) -> Path:
@@ -70,11 +60,7 @@ def shard_path(store_dir: str | Path, shard: int) -> Path:
 
 
 def raw_path(store_dir: str | Path, source: str) -> Path:
-    """Path of the raw table of *source* (file-name-safe and one file per source name).
-
-    A name that is not already file-name-safe gets a short hash of the real name, so that
-    ``cruise/1`` and ``cruise_1`` never share a raw table.
-    """
+    """Where a version-1 store keeps the raw table of *source* (file-name-safe, one per name)."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source).lstrip(".") or "_"
     if safe != source:
         safe += "-" + hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
@@ -86,12 +72,20 @@ def legacy_raw_path(store_dir: str | Path, source: str) -> Path:
     return Path(store_dir) / "raw" / (re.sub(r"[^A-Za-z0-9._-]+", "_", source) + ".parquet")
 
 
+def session_name(source: str, chunk: int = 0) -> str:
+    """Journal folder name of chunk *chunk* of *source* (stable across re-runs: resume)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source).lstrip(".")[:80] or "_"
+    tag = hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{safe}-{tag}-{chunk:06d}"
+
+
 @dataclass
 class WriterReport:
     """What one writer session did."""
 
     added: int = 0
     exists: int = 0
+    resumed: int = 0  # of ``exists``: staged by a killed run of this session, not yet committed
     duplicates: int = 0
     conflicting_labels: int = 0
     rejected_by_reason: Counter = field(default_factory=Counter)
@@ -102,37 +96,18 @@ class WriterReport:
         return sum(self.rejected_by_reason.values())
 
 
-def _read_table(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
-    if not path.is_file():
-        return None
-    table = pq.read_table(path)
-    return table.cast(schema) if schema is not None else table
-
-
-def _concat(tables: list[pa.Table], schema: pa.Schema | None = None) -> pa.Table | None:
-    tables = [t for t in tables if t is not None and t.num_rows]
-    if not tables:
-        return schema.empty_table() if schema is not None else None
-    if schema is not None:
-        return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:
-    """Keep the first row of each *keys* combination, in order."""
-    if table.num_rows == 0:
-        return table
-    df = table.select(keys).to_pandas()
-    keep = ~df.duplicated(keep="first").to_numpy()
-    return table.filter(pa.array(keep))
+def committed_tokens(manifest: dict[str, Any]) -> set[str]:
+    """Session tokens of the last commit (a journal left with one of them is already in)."""
+    return set(manifest.get("commit", {}).get("sessions", []))
 
 
 class StoreWriter:
     """Add images + harmonised records of one *source* to the store at *store_dir*.
 
-    Use as a context manager; the store is published when the block exits without error.
-    On an exception nothing is published and the journal is kept, so running the same
-    ingest again resumes.
+    Use as a context manager; with ``publish=True`` (default) the store lock is held and the
+    session is committed when the block exits without error. ``publish=False`` stages only
+    (a parallel ingest's worker); the caller commits. On an exception nothing is published
+    and the journal is kept, so running the same ingest again resumes.
     """
 
     def __init__(
@@ -146,6 +121,8 @@ class StoreWriter:
         shard_max_bytes: int = DEFAULT_SHARD_BYTES,
         source_info: dict[str, Any] | None = None,
         codec: str | None = None,
+        session: str | None = None,
+        publish: bool = True,
     ):
         if not source or not str(source).strip():
             raise ValueError("StoreWriter: source name must be a non-empty string")
@@ -157,9 +134,13 @@ class StoreWriter:
         self.batch_size = int(batch_size)
         self.shard_max_bytes = int(shard_max_bytes)
         self.codec = codec  # None: the store's codec, or codec.DEFAULT_CODEC for a new store
+        self.session = session or session_name(self.source)
+        self.publish = publish
         self.report = WriterReport()
         self._lock_fh = None
-        self._used_shards: set[int] = set()
+        self._session_lock = None
+        self._images: lmdb.Environment | None = None
+        self._index = None
         self._open = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -173,105 +154,131 @@ class StoreWriter:
         else:
             self.abort()
 
-    def open(self) -> None:
-        """Lock the store, check it, load its state and any journal a killed run left.
+    @property
+    def session_dir(self) -> Path:
+        return self.store_dir / JOURNAL / self.session
 
-        Nothing is written until the first batch is committed: a run that fails before that
-        (see :meth:`abort`) leaves the store as it was, without a journal or a new source.
+    def open(self) -> None:
+        """Lock, check the store, load the session's journal if a killed run left one.
+
+        Nothing is written until the first batch is staged: a run that fails before that
+        leaves the store as it was.
         """
         self._created_dir = not self.store_dir.exists()
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.store_dir / ".lock", "a+")  # noqa: SIM115 - held until close
         try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            self._lock_fh = None
-            raise RuntimeError(f"{self.store_dir}: another process is writing to this store") from None
-        try:
-            self._manifest = read_manifest(self.store_dir) if (self.store_dir / MANIFEST).exists() else new_manifest()
-            if (self.store_dir / MANIFEST).exists():
-                self._check_consistent()
+            if self.publish:
+                self._lock_fh = lock_store(self.store_dir)
+            manifest = read_manifest(self.store_dir) if (self.store_dir / MANIFEST).exists() else None
+            if manifest is not None and "tables" not in manifest:
+                raise StoreError(f"{self.store_dir}: a version-1 store (format {manifest.get('format_version')}); "
+                                 f"convert it first with: aqqua store upgrade {self.store_dir}")
+            if self.publish:
+                from aqqua_geo.store.commit import prepare
+
+                manifest = prepare(self.store_dir, manifest)
+            self._manifest = manifest
             if self.codec is None:
-                self.codec = self._manifest.get("codec", {}).get("name", codec.DEFAULT_CODEC)
+                self.codec = (manifest or {}).get("codec", {}).get("name", codec.DEFAULT_CODEC)
             codec.codec_info(self.codec)  # unknown name → KeyError now, not mid-ingest
-            self._journal = self.store_dir / JOURNAL
-            for tmp in self._journal.glob(".tmp-*"):
-                shutil.rmtree(tmp, ignore_errors=True)  # a batch that never got renamed: not committed
-            sources_path = self._journal / "sources.json"
-            self._sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
-            self._new_source = self.source not in self._sources and self.source not in {
-                e["source"] for e in self._manifest.get("sources", [])}
-            self._sources.setdefault(
-                self.source,
-                {"format": self.source_format, "path": self.source_path, "started_at": now_iso(), **self.source_info},
-            )
-            self._load_state()
+            if manifest is not None and manifest.get("counts", {}).get("objects", 0) + manifest.get(
+                    "counts", {}).get("duplicates", 0):
+                from aqqua_geo.store.index import DedupIndex
+
+                self._index = DedupIndex(self.store_dir)
+            self._load_session()
         except BaseException:
             self.abort()
             raise
-        self._committed = 0  # journal batches committed by this session
-        self._buffer: list[tuple[str, bytes, int]] = []
-        self._rows: dict[str, list] = {"metadata": [], "raw": [], "rejected": [], "duplicates": []}
+        self._buffer: dict[bytes, bytes] = {}
+        self._rows: dict[str, list] = {"records": [], "raw": [], "rejected": []}
         self._open = True
 
-    def _check_consistent(self) -> None:
-        """Refuse to write into a store whose files disagree with its manifest."""
-        from aqqua_geo.store.manifest import StoreError, check_files, describe, read_parquet_once
-
-        meta = self.store_dir / "metadata.parquet"
-        table = read_parquet_once(meta) if meta.is_file() else None
-        problems = check_files(self.store_dir, self._manifest, table)
-        for entry in self._manifest.get("sources", []):
-            if entry.get("n_ingested", 0) + entry.get("n_duplicates", 0) and not (
-                    raw_path(self.store_dir, entry["source"]).is_file()
-                    or legacy_raw_path(self.store_dir, entry["source"]).is_file()):
-                problems.append(f"the raw table of source {entry['source']!r} is missing")
-        if problems:
-            raise StoreError(describe(self.store_dir, problems))
-
-    def _load_state(self) -> None:
-        """Known objects (id → hash, label, shard), hashes → kept id, known duplicates."""
-        meta = [_read_table(self.store_dir / "metadata.parquet", HARMONISED_SCHEMA)]
-        dups = [_read_table(self.store_dir / "duplicates.parquet", DUPLICATES_SCHEMA)]
-        self._batches = sorted(p for p in self._journal.glob("batch-*") if p.is_dir())
-        for batch in self._batches:
-            meta.append(_read_table(batch / "metadata.parquet", HARMONISED_SCHEMA))
-            dups.append(_read_table(batch / "duplicates.parquet", DUPLICATES_SCHEMA))
-        meta_t = _concat(meta, HARMONISED_SCHEMA)
-        dup_t = _concat(dups, DUPLICATES_SCHEMA)
-        ids = meta_t.column("object_id").to_pylist()
-        hashes = meta_t.column("content_hash").to_pylist()
-        labels = meta_t.column("label").to_pylist()
-        self._by_id: dict[str, str] = dict(zip(ids, hashes))
+    def _load_session(self) -> None:
+        """This session's journal (a killed run's): what it already staged."""
+        d = self.session_dir
+        self._by_id: dict[str, tuple[str, str]] = {}  # id → ("K", hash) | ("D", kept id)
         self._by_hash: dict[str, tuple[str, str | None]] = {}
-        for oid, h, lab in zip(ids, hashes, labels):
-            self._by_hash.setdefault(h, (oid, lab))
-        self._dup_ids: dict[str, str] = dict(
-            zip(dup_t.column("object_id").to_pylist(), dup_t.column("kept_object_id").to_pylist())
-        )
-        shards = [int(s) for s in meta_t.column("shard").to_pylist()]
-        existing = sorted(int(p.name[6:10]) for p in (self.store_dir / "images").glob("shard-*.lmdb")
-                          if p.name[6:10].isdigit())
-        self._shard = max(shards + existing + [0])
-        self._next_batch = 1 + max([int(b.name.split("-")[1]) for b in self._batches] + [0])
+        self._stored: set[str] = set()  # hashes whose blob is in the session's LMDB
+        self._next_batch, self._seq = 1, 0
+        self._staged = 0
+        if not d.is_dir():
+            return
+        self._lock_session()
+        info = json.loads((d / "session.json").read_text()) if (d / "session.json").is_file() else {}
+        if info.get("token") in committed_tokens(self._manifest or {}) or not info:
+            self._release_session()
+            shutil.rmtree(d, ignore_errors=True)  # committed already (a kill after the manifest)
+            return
+        for tmp in d.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)  # a batch that never got renamed: not staged
+        self._token = info["token"]
+        batches = sorted(p for p in d.glob("batch-*") if p.is_dir())
+        for batch in batches:
+            t = pq.read_table(batch / "records.parquet", columns=["object_id", "content_hash", "label", SEQ])
+            for oid, h, lab in zip(*(t.column(c).to_pylist() for c in ("object_id", "content_hash", "label"))):
+                self._classify(oid, h, lab)
+            seqs = t.column(SEQ).to_pylist() + pq.read_table(batch / "rejected.parquet", columns=[SEQ]).column(
+                SEQ).to_pylist()
+            self._seq = max([self._seq, *(s + 1 for s in seqs)])
+        self._stored = set(self._by_hash)
+        self._next_batch = 1 + max([int(b.name.split("-")[1]) for b in batches] + [0])
+        self._staged = len(batches)
 
-    def _env(self, shard: int) -> lmdb.Environment:
-        self._used_shards.add(shard)
-        (self.store_dir / "images").mkdir(exist_ok=True)
-        return open_env(shard_path(self.store_dir, shard), write=True)
+    def _classify(self, oid: str, digest: str, label: str | None) -> str:
+        kept = self._by_hash.get(digest) or (self._index.kept(digest) if self._index else None)
+        if kept is None:
+            self._by_hash[digest] = (oid, label)
+            self._by_id[oid] = ("K", digest)
+            return "added"
+        self._by_id[oid] = ("D", kept[0])
+        return "duplicate"
 
-    def _start_journal(self) -> None:
-        """Create the journal (and record this source in it) before the first batch."""
-        self._journal.mkdir(exist_ok=True)
-        atomic_write_bytes(self._journal / "sources.json", json.dumps(self._sources).encode())
+    def _lock_session(self) -> None:
+        if self._session_lock is None:
+            self.session_dir.mkdir(parents=True, exist_ok=True)
+            fh = open(self.session_dir / ".lock", "a+")  # noqa: SIM115 - held until close
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                raise RuntimeError(f"{self.session_dir}: another process is writing this session") from None
+            self._session_lock = fh
+
+    def _release_session(self) -> None:
+        if self._session_lock is not None:
+            fcntl.flock(self._session_lock, fcntl.LOCK_UN)
+            self._session_lock.close()
+            self._session_lock = None
+
+    def _start_session(self) -> None:
+        """Create the session folder (and say which source it is) before the first batch."""
+        self._lock_session()
+        if not (self.session_dir / "session.json").is_file():
+            self._token = secrets.token_hex(8)
+            info = {"token": self._token, "source": self.source, "format": self.source_format,
+                    "path": self.source_path, "started_at": now_iso(), "codec": self.codec,
+                    "batch_size": self.batch_size, "info": self.source_info}
+            atomic_write_bytes(self.session_dir / "session.json", json.dumps(info).encode())
+
+    def _known(self, object_id: str) -> tuple[str, str] | None:
+        known = self._by_id.get(object_id)
+        if known is not None or self._index is None:
+            return known
+        try:
+            kind, digest, other = self._index.lookup_id(object_id)
+        except KeyError:
+            return None
+        return (kind, digest) if kind == "K" else (kind, str(other))
 
     # ------------------------------------------------------------------ adding
-    def add(self, object_id: str, image: np.ndarray, record: dict[str, Any], raw: dict[str, Any] | None = None) -> str:
+    def add(self, object_id: str, image: np.ndarray, record: dict[str, Any], raw: dict[str, Any] | None = None,
+            *, file: str = "", record_name: str = "") -> str:
         """Add one object; returns ``"added"``, ``"duplicate"`` or ``"exists"``.
 
         Raises :class:`InvalidRecord` (with a rejection reason) if the record or image is
-        unusable; the caller decides whether to :meth:`reject` it.
+        unusable; the caller decides whether to :meth:`reject` it. *file* and *record_name*
+        say where it came from (for the rejection a later commit may have to write).
         """
         self._require_open()
         object_id = str(object_id)
@@ -282,57 +289,47 @@ class StoreWriter:
             digest = codec.content_hash(image)
         except (TypeError, ValueError) as err:
             raise InvalidRecord("corrupt_image", f"{object_id}: {err}") from None
-        known = self._by_id.get(object_id)
+        known = self._known(object_id)
         if known is not None:
-            if known == digest:
+            if known[0] == "D" or known[1] == digest:
                 self.report.exists += 1
+                self.report.resumed += int(object_id in self._by_id)
                 return "exists"
             raise InvalidRecord(
                 "duplicate_object_id", f"{object_id}: object id already in the store with different pixels"
             )
-        if object_id in self._dup_ids:
-            self.report.exists += 1
-            return "exists"
         warnings: list[str] = []
         row = check_record(object_id, {**record, "source": self.source}, warnings=warnings)
-        raw_row = {**(raw or {}), "object_id": object_id, _RAW_SOURCE: self.source}
+        raw_row = {**(raw or {}), "object_id": object_id, SEQ: self._seq}
         if warnings:
             raw_row["aqqua_warnings"] = "; ".join(warnings)
             for w in warnings:
                 self.report.warnings[w.split("=")[0]] += 1
-        kept = self._by_hash.get(digest)
-        if kept is not None:
-            kept_id, kept_label = kept
+        image = np.ascontiguousarray(image)
+        row.update(height=int(image.shape[0]), width=int(image.shape[1]),
+                   channels=int(image.shape[2]) if image.ndim == 3 else 1, content_hash=digest, shard=-1)
+        if digest not in self._stored and (self._index is None or self._index.kept(digest) is None):
+            try:
+                blob = codec.encode(image, self.codec)
+                segments.check_fits(object_id.encode("utf-8"), len(blob))
+            except ValueError as err:
+                raise InvalidRecord("too_large", f"{object_id}: {err}") from None
+            self._buffer[bytes.fromhex(digest)] = blob
+            self._stored.add(digest)
+        outcome = self._classify(object_id, digest, row["label"])
+        if outcome == "duplicate":
+            kept_label = (self._by_hash.get(digest) or self._index.kept(digest))[1]
             conflict = row["label"] is not None and kept_label is not None and row["label"] != kept_label
-            self._rows["duplicates"].append(
-                {"object_id": object_id, "kept_object_id": kept_id, "source": self.source,
-                 "label": row["label"], "kept_label": kept_label, "conflicting_label": conflict}
-            )
-            self._rows["raw"].append({**raw_row, "kept_object_id": kept_id})
-            self._dup_ids[object_id] = kept_id
             self.report.duplicates += 1
             self.report.conflicting_labels += int(conflict)
-            self._maybe_flush()
-            return "duplicate"
-        image = np.ascontiguousarray(image)
-        row.update(
-            height=int(image.shape[0]), width=int(image.shape[1]),
-            channels=int(image.shape[2]) if image.ndim == 3 else 1,
-            content_hash=digest, shard=self._shard,
-        )
-        try:
-            blob = codec.encode(image, self.codec)
-            segments.check_fits(object_id.encode("utf-8"), len(blob))
-        except ValueError as err:
-            raise InvalidRecord("too_large", f"{object_id}: {err}") from None
-        self._buffer.append((object_id, blob, self._shard))
-        self._rows["metadata"].append(row)
-        self._rows["raw"].append({**raw_row, "kept_object_id": object_id})
-        self._by_id[object_id] = digest
-        self._by_hash[digest] = (object_id, row["label"])
-        self.report.added += 1
+        else:
+            self.report.added += 1
+        self._rows["records"].append({**row, SEQ: self._seq, FILE: str(file), RECORD: str(record_name),
+                                      RAW_JSON: json.dumps(raw, default=str, ensure_ascii=False) if raw else None})
+        self._rows["raw"].append(raw_row)
+        self._seq += 1
         self._maybe_flush()
-        return "added"
+        return outcome
 
     def reject(
         self, *, file: str, record: str, reason: str, detail: str,
@@ -345,196 +342,129 @@ class StoreWriter:
         self._rows["rejected"].append(
             {"source": self.source, "file": str(file), "record": str(record), "object_id": object_id,
              "reason": reason, "detail": detail,
-             "raw_json": json.dumps(raw, default=str, ensure_ascii=False) if raw else None}
+             "raw_json": json.dumps(raw, default=str, ensure_ascii=False) if raw else None, SEQ: self._seq}
         )
+        self._seq += 1
         self.report.rejected_by_reason[reason] += 1
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        records = len(self._rows["metadata"]) + len(self._rows["duplicates"]) + len(self._rows["rejected"])
-        if records >= self.batch_size:
+        if len(self._rows["records"]) + len(self._rows["rejected"]) >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        """Commit buffered images (one LMDB transaction) then their journal batch."""
+        """Stage buffered images (one LMDB transaction) then their rows (one renamed folder)."""
         self._require_open()
         if not any(self._rows.values()):
             return
-        if self._committed == 0:
-            self._start_journal()
-        by_shard: dict[int, list[tuple[str, bytes]]] = {}
-        for oid, blob, shard in self._buffer:
-            by_shard.setdefault(shard, []).append((oid, blob))
-        for shard, items in by_shard.items():
-            env = self._env(shard)
-            psize = env.stat()["psize"]
-            items = sorted(seg for oid, blob in items for seg in segments.split(oid.encode("utf-8"), blob, psize))
-            with env.begin(write=True) as txn:
-                cursor = txn.cursor()
-                # keys past the last one are appended: LMDB then fills pages instead of splitting them
-                if not cursor.last() or cursor.key() < items[0][0]:
-                    cursor.putmulti(items, append=True)
-                else:
-                    cursor.putmulti(items)
+        self._start_session()
+        if self._buffer:
+            if self._images is None:
+                self._images = lmdb.open(str(self.session_dir / SESSION_IMAGES), subdir=False,
+                                         map_size=_SESSION_MAP_SIZE, readahead=False, meminit=False)
+            psize = self._images.stat()["psize"]
+            items = sorted(seg for key, blob in self._buffer.items() for seg in segments.split(key, blob, psize))
+            with self._images.begin(write=True) as txn:
+                txn.cursor().putmulti(items)
+            self._images.sync(True)
         name = f"batch-{self._next_batch:06d}"
-        tmp = self._journal / f".tmp-{name}"
+        tmp = self.session_dir / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        pq.write_table(metadata_table(self._rows["metadata"]), tmp / "metadata.parquet")
-        pq.write_table(raw_table(self._rows["raw"]), tmp / "raw.parquet")
-        pq.write_table(pa.Table.from_pylist(self._rows["rejected"], schema=REJECTED_SCHEMA), tmp / "rejected.parquet")
-        pq.write_table(
-            pa.Table.from_pylist(self._rows["duplicates"], schema=DUPLICATES_SCHEMA), tmp / "duplicates.parquet"
-        )
+        records = metadata_table(self._rows["records"])
+        for col, typ in ((SEQ, pa.int64()), (FILE, pa.string()), (RECORD, pa.string()), (RAW_JSON, pa.string())):
+            records = records.append_column(pa.field(col, typ), pa.array([r[col] for r in self._rows["records"]], typ))
+        pq.write_table(records, tmp / "records.parquet")
+        raw = raw_table(self._rows["raw"])
+        seq = pa.array([r[SEQ] for r in self._rows["raw"]], pa.int64())
+        raw = (raw.set_column(raw.schema.get_field_index(SEQ), SEQ, seq) if SEQ in raw.column_names
+               else raw.append_column(SEQ, seq))
+        pq.write_table(raw, tmp / "raw.parquet")
+        pq.write_table(pa.Table.from_pylist(self._rows["rejected"], schema=REJECTED_SCHEMA.append(
+            pa.field(SEQ, pa.int64()))), tmp / "rejected.parquet")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        os.rename(tmp, self._journal / name)  # atomic: the batch is committed
-        self._batches.append(self._journal / name)
-        self._committed += 1
+        os.rename(tmp, self.session_dir / name)  # atomic: the batch is staged
+        self._staged += 1
         self._next_batch += 1
         self._buffer.clear()
-        self._rows = {"metadata": [], "raw": [], "rejected": [], "duplicates": []}
-        current = shard_path(self.store_dir, self._shard)
-        if current.exists() and current.stat().st_size >= self.shard_max_bytes:
-            self._shard += 1  # roll over to a new shard
+        self._rows = {"records": [], "raw": [], "rejected": []}
 
     # ------------------------------------------------------------------ publishing
     def close(self) -> None:
-        """Flush, merge the journal into the store tables and publish the manifest."""
+        """Flush; with ``publish``, commit the session (a new store generation)."""
         if not self._open:
             return
         try:
             self.flush()
-            if self._batches or self._new_source or not self._manifest.get("generation"):
-                self._publish()
-            # else: nothing new (an idempotent re-run): the store is left byte for byte as it was
+            self._close_handles()
+            if self.publish:
+                from aqqua_geo.store.commit import commit
+
+                new_source = self.source not in {e["source"] for e in (self._manifest or {}).get("sources", [])}
+                if self._staged or new_source or self._manifest is None:
+                    if not self._staged:
+                        self._start_session()  # an empty session still registers the source
+                    commit(self.store_dir, [self.session_dir], shard_max_bytes=self.shard_max_bytes,
+                           codec_name=self.codec)
+                # else: nothing new (an idempotent re-run): the store is left byte for byte as it was
         finally:
             self._release()
 
     def abort(self) -> None:
-        """Stop without publishing. Batches committed by this session stay in the journal (a
-        re-run resumes); a session that committed nothing leaves no trace."""
+        """Stop without publishing. Batches staged by this session stay (a re-run resumes);
+        a session that staged nothing leaves no trace."""
         try:
-            if not getattr(self, "_committed", 0) and getattr(self, "_journal", None) is not None:
-                if self._journal.is_dir() and not any(self._journal.glob("batch-*")):
-                    sources = self._journal / "sources.json"
-                    if sources.exists():
-                        known = json.loads(sources.read_text())
-                        if set(known) <= {self.source}:
-                            shutil.rmtree(self._journal, ignore_errors=True)
+            self._close_handles()
+            d = self.session_dir
+            if not getattr(self, "_staged", 0) and d.is_dir() and not any(d.glob("batch-*")):
+                shutil.rmtree(d, ignore_errors=True)
+                journal = self.store_dir / JOURNAL
+                if journal.is_dir() and not any(journal.iterdir()):
+                    journal.rmdir()
         finally:
             self._release()
-            if getattr(self, "_created_dir", False) and not getattr(self, "_committed", 0):
-                for leftover in (".lock",):
-                    (self.store_dir / leftover).unlink(missing_ok=True)
-                images = self.store_dir / "images"
-                if images.is_dir() and not any(images.iterdir()):
-                    images.rmdir()
+            if getattr(self, "_created_dir", False) and not getattr(self, "_staged", 0):
+                (self.store_dir / ".lock").unlink(missing_ok=True)
                 try:
                     self.store_dir.rmdir()
                 except OSError:
                     pass
 
-    def _publish(self) -> None:
-        store = self.store_dir
-
-        def merged(kind: str, existing: Path, schema: pa.Schema | None) -> pa.Table:
-            parts = [_read_table(existing, schema)] + [_read_table(b / f"{kind}.parquet", schema) for b in self._batches]
-            return _concat(parts, schema)
-
-        meta = _dedupe(merged("metadata", store / "metadata.parquet", HARMONISED_SCHEMA), ["object_id"])
-        rejected = _dedupe(
-            merged("rejected", store / "rejected.parquet", REJECTED_SCHEMA),
-            ["source", "file", "record", "object_id", "reason", "detail"],
-        )
-        dups = _dedupe(merged("duplicates", store / "duplicates.parquet", DUPLICATES_SCHEMA), ["object_id"])
-        journal_raw = _concat([_read_table(b / "raw.parquet") for b in self._batches])
-        raw_rows = {k: v["rows"] for k, v in self._manifest.get("files", {}).items() if k.startswith("raw/")}
-        for source in sorted(self._sources):
-            new = None
-            if journal_raw is not None:
-                new = journal_raw.filter(pc.equal(journal_raw.column(_RAW_SOURCE), source)).drop_columns(_RAW_SOURCE)
-                # the journal mixes sources: drop the columns this source never had
-                new = new.drop_columns(
-                    [c for c in new.column_names if new.column(c).null_count == new.num_rows and c not in _RAW_KEYS]
-                )
-            path = raw_path(store, source)
-            old = path if path.is_file() else legacy_raw_path(store, source)
-            if old != path and old.is_file() and not any(
-                    raw_path(store, e["source"]) == old for e in self._manifest.get("sources", [])):
-                existing = _read_table(old)  # an older store's name for this source's table
-            else:
-                existing = _read_table(path)
-            table = _concat([existing, new])
-            if table is not None and table.num_rows:
-                table = _dedupe(table, ["object_id"])
-                atomic_write_parquet(path, table)
-                raw_rows[path.relative_to(store).as_posix()] = table.num_rows
-        generation = int(self._manifest.get("generation") or 0) + 1
-        gen_meta = {GENERATION_KEY: str(generation).encode()}
-
-        def stamped(table: pa.Table, base: dict | None = None) -> pa.Table:
-            return table.replace_schema_metadata({**(base or table.schema.metadata or {}), **gen_meta})
-
-        atomic_write_parquet(store / "rejected.parquet", stamped(rejected))
-        atomic_write_parquet(store / "duplicates.parquet", stamped(dups))
-        # metadata last before the manifest: a reader seeing a newer metadata generation than
-        # the manifest's knows a publish is in progress and reads again
-        atomic_write_parquet(store / "metadata.parquet", stamped(meta, HARMONISED_SCHEMA.metadata))
-        manifest = self._build_manifest(meta, rejected, dups)
-        manifest["generation"] = generation
-        manifest["files"] = {"metadata.parquet": {"rows": meta.num_rows}, "rejected.parquet": {"rows": rejected.num_rows},
-                             "duplicates.parquet": {"rows": dups.num_rows},
-                             **{k: {"rows": v} for k, v in sorted(raw_rows.items())}}
-        write_manifest(store, manifest)
-        shutil.rmtree(self._journal, ignore_errors=True)
-
-    def _build_manifest(self, meta: pa.Table, rejected: pa.Table, dups: pa.Table) -> dict[str, Any]:
-        m = self._manifest
-        df = meta.select(["source", "instrument", "shard"]).to_pandas()
-        rej = rejected.select(["source"]).to_pandas()
-        dup = dups.select(["source"]).to_pandas()
-        m["updated_at"] = now_iso()
-        m["package_version"] = package_version()
-        m["counts"] = {
-            "objects": int(len(df)),
-            "rejected": int(len(rej)),
-            "duplicates": int(len(dup)),
-            "by_instrument": {str(k): int(v) for k, v in df["instrument"].value_counts().sort_index().items()},
-            "by_source": {str(k): int(v) for k, v in df["source"].value_counts().sort_index().items()},
-        }
-        entries = {s["source"]: s for s in m.get("sources", [])}
-        for source, info in self._sources.items():
-            entry = entries.get(source) or {"source": source, "ingested_at": info.get("started_at", now_iso())}
-            entry.update({k: v for k, v in info.items() if k != "started_at"})
-            entry["updated_at"] = now_iso()
-            entry["n_ingested"] = int((df["source"] == source).sum())
-            entry["n_rejected"] = int((rej["source"] == source).sum())
-            entry["n_duplicates"] = int((dup["source"] == source).sum())
-            entry["package_version"] = package_version()
-            entry.setdefault("codec", self.codec)
-            entries[source] = entry
-        m["sources"] = list(entries.values())
-        shard_counts = df["shard"].value_counts()
-        m["shards"] = [
-            {"file": f"images/{p.name}", "n_objects": int(shard_counts.get(int(p.name[6:10]), 0)),
-             "bytes": p.stat().st_size}
-            for p in sorted((self.store_dir / "images").glob("shard-*.lmdb"))
-        ]
-        if not m.get("codec"):  # the store's default codec: the first writer's
-            m["codec"] = codec.codec_info(self.codec)
-        return m
+    def _close_handles(self) -> None:
+        if self._images is not None:
+            self._images.close()
+            self._images = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
 
     def _release(self) -> None:
-        for shard in self._used_shards:  # readers reopen read-only on demand
-            close_env(shard_path(self.store_dir, shard))
-        self._used_shards.clear()
+        self._close_handles()
+        self._release_session()
         if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
+            unlock_store(self._lock_fh)
             self._lock_fh = None
         self._open = False
 
     def _require_open(self) -> None:
         if not self._open:
             raise RuntimeError("StoreWriter is not open: use it as a context manager")
+
+
+def lock_store(store_dir: Path):
+    """Take the store's exclusive writer lock (one committer at a time); RuntimeError if held."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(store_dir / ".lock", "a+")  # noqa: SIM115 - held until unlock_store
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise RuntimeError(f"{store_dir}: another process is writing to this store") from None
+    return fh
+
+
+def unlock_store(fh) -> None:
+    fcntl.flock(fh, fcntl.LOCK_UN)
+    fh.close()
