@@ -5,6 +5,8 @@ be read or written when its files disagree with its manifest."""
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import struct
 import subprocess
@@ -380,20 +382,26 @@ def store(m106, tmp_path) -> Path:
     return path
 
 
+def _part(store: Path, kind: str) -> Path:
+    """The first part file of table *kind* listed by the manifest."""
+    return store / json.loads((store / "manifest.json").read_text())["tables"][kind][0]["file"]
+
+
 def test_deleted_metadata_refuses_to_open_or_write(store, m106):
-    (store / "metadata.parquet").unlink()
-    with pytest.raises(StoreError, match="metadata.parquet is missing but the manifest lists 8 objects"):
+    part = _part(store, "harmonised")
+    part.unlink()
+    with pytest.raises(StoreError, match=f"{part.name} is missing but the manifest lists 8 rows"):
         AqquaStore(store)  # was: "0 objects", rc 0
     before = tree_digest(store)
-    with pytest.raises(StoreError, match="metadata.parquet is missing"):
+    with pytest.raises(StoreError, match=f"{part.name} is missing"):
         ingest(m106 / "ref_exports/doi", store, fmt="ecotaxa", progress=False)  # was: published the new source only
     assert tree_digest(store) == before
 
 
 def test_deleted_raw_table_refuses_to_write(store, m106):
-    for p in (store / "raw").glob("*.parquet"):
-        p.unlink()
-    with pytest.raises(StoreError, match="raw/import_test.parquet is missing"):
+    part = _part(store, "raw")
+    part.unlink()
+    with pytest.raises(StoreError, match=f"tables/raw/{part.name} is missing"):
         ingest(m106 / "ref_exports/doi", store, fmt="ecotaxa", progress=False)
 
 
@@ -406,8 +414,8 @@ def test_readers_see_consistent_snapshots_during_publishes(store, uvp6, tmp_path
         while not stop.is_set():
             try:
                 s = AqquaStore(store)
-                if len(s) != s.manifest["counts"]["objects"]:
-                    errors.append(f"{len(s)} rows vs manifest {s.manifest['counts']['objects']}")
+                if len(s.object_ids) != s.manifest["counts"]["objects"]:  # the rows of the parts it lists
+                    errors.append(f"{len(s.object_ids)} rows vs manifest {s.manifest['counts']['objects']}")
             except Exception as err:  # noqa: BLE001
                 errors.append(repr(err))
 
@@ -513,10 +521,10 @@ def test_damaged_store_files_are_clear_errors(store, damage):
     elif damage == "manifest_list":
         (store / "manifest.json").write_text("[1, 2]")
     elif damage == "metadata_garbage":
-        (store / "metadata.parquet").write_bytes(b"PAR1 not really")
+        _part(store, "harmonised").write_bytes(b"PAR1 not really")
     else:
-        pq.write_table(pa.table({"x": list(range(8))}), store / "metadata.parquet")
-    with pytest.raises(StoreError, match="manifest|metadata.parquet"):
+        pq.write_table(pa.table({"x": list(range(8))}), _part(store, "harmonised"))
+    with pytest.raises(StoreError, match="manifest|part-"):
         AqquaStore(store)
 
 

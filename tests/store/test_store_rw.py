@@ -83,15 +83,17 @@ def test_layout_schema_units_and_manifest(tmp_path):
     _write(tmp_path, "src", [(f"o{i}", im, _rec()) for i, im in enumerate(imgs)])
     assert (tmp_path / "images" / "shard-0000.lmdb").is_file()
     assert not (tmp_path / ".journal").exists()
-    schema = pq.read_schema(tmp_path / "metadata.parquet")
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    parts = m["tables"]["harmonised"]
+    assert [p["rows"] for p in parts] == [5] and parts[0]["file"].startswith("tables/harmonised/part-")
+    schema = pq.read_schema(tmp_path / parts[0]["file"])
     assert schema.remove_metadata() == HARMONISED_SCHEMA.remove_metadata()
     units = json.loads(schema.metadata[b"aqqua.units"])
     assert units["pixel_size_um"] == "um/pixel" and units["sampled_volume_l"] == "L"
-    m = json.loads((tmp_path / "manifest.json").read_text())
-    assert m["format"] == "aqqua" and m["format_version"] == "1.0"
+    assert m["format"] == "aqqua" and m["format_version"] == "2.0" and m["generation"] == 1
     assert m["counts"]["objects"] == 5 and m["counts"]["by_instrument"] == {"UVP6": 5}
     assert m["sources"][0]["source"] == "src" and m["sources"][0]["n_ingested"] == 5
-    raw = pd.read_parquet(tmp_path / "raw" / "src.parquet")
+    raw = pd.read_parquet(tmp_path / m["tables"]["raw"][0]["file"])
     assert list(raw["note"]) == ["é"] * 5 and (raw["object_id"] == raw["kept_object_id"]).all()
     s = AqquaStore(tmp_path)
     assert len(s) == 5 and s[1].shape == (11, 12) and s[-1].shape == (14, 12)
@@ -176,13 +178,13 @@ def test_duplicates_exists_and_conflicting_ids(tmp_path):
 )
 def test_invalid_records_leave_store_unchanged(tmp_path, field, value, reason, message):
     _write(tmp_path, "a", [("ok", np.ones((2, 2), np.uint8), _rec())])
-    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")}
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*.parquet")}
     with StoreWriter(tmp_path, source="a", source_format="test") as w:
         with pytest.raises(InvalidRecord, match=message) as e:
             w.add("o", np.zeros((2, 2), np.uint8), _rec(**{field: value}), {})
         assert e.value.reason == reason
     assert AqquaStore(tmp_path).object_ids == ["ok"]
-    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")} == before
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*.parquet")} == before
 
 
 def test_lon_0_360_is_wrapped(tmp_path):
