@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aqqua_geo.foundation.rope import apply_rope
+
 BACKENDS = ("auto", "dense", "flex")
 
 
@@ -62,12 +64,17 @@ def attention_bias(segment: Tensor, backend: str) -> Any:
     return create_block_mask(same_image, rows, None, length, length, device=segment.device)
 
 
-def packed_attention(attn: nn.Module, x: Tensor, bias: Any, backend: str) -> Tensor:
-    """timm ``Attention`` (its ``qkv``/``proj``/norm weights) over packed rows ``(R, L, D)``."""
+def packed_attention(attn: nn.Module, x: Tensor, bias: Any, backend: str,
+                     rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """timm ``Attention`` (its ``qkv``/``proj``/norm weights) over packed rows ``(R, L, D)``;
+    *rope*: per-slot ``(sin, cos)`` of :class:`~aqqua_geo.foundation.rope.RotaryEmbedding2D`
+    applied to queries and keys."""
     rows, length, dim = x.shape
     qkv = attn.qkv(x).reshape(rows, length, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    if rope is not None:
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
     if backend == "dense":
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     else:

@@ -10,6 +10,8 @@ plankton and the basis of trait estimates.
 ``learned``: a learned grid, interpolated bicubically to each image's patch grid exactly as
 DINOv2 does; it encodes relative position only, like an ImageNet ViT. ``learned+physical``:
 both, the µm code behind a zero-initialised gain (warm starts from public weights).
+``gated_physical``: the µm code behind a zero-initialised gain and nothing else, for models
+whose relative position is rotary (DINOv3 warm starts, ``model.rope_base``).
 """
 
 from __future__ import annotations
@@ -105,7 +107,19 @@ class LearnedPosEmbed(nn.Module):
         return out
 
 
-POS_EMBEDS = ("physical", "learned", "learned+physical")
+class GatedPhysicalPosEmbed(nn.Module):
+    """:class:`PhysicalPosEmbed` through a per-channel gain initialised to zero."""
+
+    def __init__(self, embed_dim: int, pos_ref_um: float) -> None:
+        super().__init__()
+        self.physical = PhysicalPosEmbed(embed_dim, pos_ref_um)
+        self.physical_gain = nn.Parameter(torch.zeros(embed_dim))
+
+    def forward(self, packed: PackedBatch) -> Tensor:
+        return self.physical_gain * self.physical(packed).to(self.physical_gain.dtype)
+
+
+POS_EMBEDS = ("physical", "learned", "learned+physical", "gated_physical")
 
 
 def build_pos_embed(kind: str, embed_dim: int, pos_ref_um: float, max_tokens_per_image: int,
@@ -121,4 +135,6 @@ def build_pos_embed(kind: str, embed_dim: int, pos_ref_um: float, max_tokens_per
         return LearnedPosEmbed(embed_dim, grid)
     if kind == "learned+physical":
         return LearnedPosEmbed(embed_dim, grid, physical_ref_um=pos_ref_um)
+    if kind == "gated_physical":
+        return GatedPhysicalPosEmbed(embed_dim, pos_ref_um)
     raise ValueError(f"model.pos_embed must be one of {POS_EMBEDS}, got {kind!r}")

@@ -1,4 +1,4 @@
-"""Warm start from public foundation weights: official DINOv2 checkpoints and timm ViTs.
+"""Warm start from public foundation weights: official DINOv2 and DINOv3 checkpoints, timm ViTs.
 
 Recognised by key layout (never by file name), the architecture inferred from the tensor
 shapes, and converted to a :class:`~aqqua_geo.foundation.vit.PlanktonViT`:
@@ -7,19 +7,22 @@ shapes, and converted to a :class:`~aqqua_geo.foundation.vit.PlanktonViT`:
   the ``teacher``/``student`` backbone of a DINOv2 training checkpoint): ``cls_token``,
   ``pos_embed`` ``(1, 1 + M², D)``, ``register_tokens``, ``mask_token``, ``blocks.i.*``
   (also chunked ``blocks.c.i.*``), SwiGLU ``mlp.w12``/``mlp.w3`` for ViT-g;
+- **DINOv3** ViTs (``dinov3_vit{s16,s16plus,b16,l16,h16plus}_pretrain_*.pth`` from
+  facebookresearch/dinov3): ``storage_tokens``, ``rope_embed.periods``, no ``pos_embed``,
+  ``attn.qkv.bias`` with its ``bias_mask`` (the key bias is masked to zero), SwiGLU
+  ``mlp.w1``/``w2``/``w3`` for the "plus" models, LayerNorm eps 1e-5. The 2-D RoPE is
+  :mod:`~aqqua_geo.foundation.rope` (``model.rope_base``), with the checkpoint's own periods.
+  ViT-7B's untied CLS/patch norms are refused;
 - **timm** ``VisionTransformer`` state dicts (``reg_token``, ``pos_embed`` with or without the
   class position, ``head``/``fc_norm`` ignored).
-
-DINOv3 checkpoints (``storage_tokens``, ``rope_embed.periods``) use rotary position
-embeddings, which this backbone does not implement: they are refused with a message.
 
 Conversion, chosen so that the converted model computes *exactly* the public model:
 
 - the class-token position ``pos_embed[:, 0]`` is folded into ``cls_token`` (it is constant);
 - patch positions stay a learned table, interpolated to each image's grid as DINOv2 does
   (bicubic, ``scale_factor=(g + 0.1)/M``), plus the project's µm position code through a
-  zero-initialised gain (``pos_embed: learned+physical``), so training starts at the public
-  model and can learn to use physical size;
+  zero-initialised gain (``pos_embed: learned+physical``; DINOv3: RoPE plus the gated µm code,
+  ``gated_physical``), so training starts at the public model and can learn to use physical size;
 - grey input (``in_chans=1``): the RGB patch-embedding weights are divided by the per-channel
   ImageNet std and summed over channels, and the per-channel mean is folded into the bias,
   so that a grey image gives what the public model gives on that image replicated on three
@@ -46,7 +49,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keys of the model config that a public checkpoint fixes (the rest stays the user's).
 ARCH_KEYS = ("arch", "embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "ffn_layer", "qkv_bias",
-             "layerscale", "num_register_tokens", "pos_embed", "pos_embed_grid", "img_mean", "img_std")
+             "layerscale", "num_register_tokens", "pos_embed", "pos_embed_grid", "img_mean", "img_std",
+             "rope_base", "norm_eps")
+#: DINOv3's RoPE base (``RopePositionEmbedding(base=100)``); the periods themselves are read
+#: from the checkpoint, so this only matters for a checkpoint that does not store them
+DINOV3_ROPE_BASE = 100.0
+#: patch budget of a converted RoPE model, which has no table to take it from (512 px / 16)
+DINOV3_MAX_TOKENS = 32 * 32
 _WRAPPERS = ("teacher", "student", "model", "state_dict", "module")
 _PREFIXES = ("module.", "backbone.", "teacher.backbone.", "student.backbone.", "encoder.")
 
@@ -82,27 +91,30 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
 def detect_format(state: dict[str, Tensor]) -> str:
     """``dinov2`` | ``timm`` | ``dinov3`` from the key layout; ValueError otherwise."""
-    if "storage_tokens" in state or any(k.startswith("rope_embed") for k in state):
-        return "dinov3"
+    is_dinov3 = "storage_tokens" in state or any(k.startswith("rope_embed") for k in state)
     if "cls_token" not in state or "patch_embed.proj.weight" not in state or "blocks.0.attn.qkv.weight" not in state:
         raise ValueError("not a ViT checkpoint of a known layout (needs cls_token, patch_embed.proj.weight, "
                          "blocks.0.attn.qkv.weight): DINOv2, DINOv3 or a timm VisionTransformer")
+    if is_dinov3:
+        return "dinov3"
     if "mask_token" in state or "register_tokens" in state:
         return "dinov2"
     return "timm"
 
 
 def _registers(state: dict[str, Tensor]) -> Tensor | None:
-    return state.get("register_tokens", state.get("reg_token"))
+    for key in ("register_tokens", "reg_token", "storage_tokens"):
+        if key in state:
+            return state[key]
+    return None
 
 
 def pretrained_model_cfg(state: dict[str, Tensor], in_chans: int = 1) -> dict[str, Any]:
     """The ``model:`` keys of a public ViT checkpoint, inferred from its tensor shapes."""
     fmt = detect_format(state)
-    if fmt == "dinov3":
-        raise NotImplementedError(
-            "DINOv3 checkpoints use rotary position embeddings (RoPE), which PlanktonViT does not "
-            "implement; start from a DINOv2 checkpoint (dinov2_vit*14[_reg4]_pretrain.pth) or a timm ViT")
+    if "cls_norm.weight" in state:
+        raise ValueError("checkpoint has separate CLS and patch norms (DINOv3 ViT-7B "
+                         "untie_cls_and_patch_norms), which PlanktonViT does not implement")
     dim = int(state["cls_token"].shape[-1])
     patch = int(state["patch_embed.proj.weight"].shape[-1])
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
@@ -111,22 +123,36 @@ def pretrained_model_cfg(state: dict[str, Tensor], in_chans: int = 1) -> dict[st
         mlp_ratio = 4.0  # SwiGLU keeps the MLP's parameter count: hidden = 2/3 · 4 · dim, 8-aligned
         if (int(4 * dim * 2 / 3) + 7) // 8 * 8 != hidden:
             raise ValueError(f"SwiGLU hidden width {hidden} is not DINOv2's for dim {dim}")
-    elif "blocks.0.mlp.fc1_g.weight" in state:
-        ffn, mlp_ratio = "swiglu", 4.0
+    elif "blocks.0.mlp.w1.weight" in state or "blocks.0.mlp.fc1_g.weight" in state:
+        # DINOv3 "plus" (w1/w2/w3) or timm (fc1_g/fc1_x/fc2) SwiGLU: the ratio whose 2/3 is the width
+        hidden = int(state.get("blocks.0.mlp.w1.weight", state.get("blocks.0.mlp.fc1_g.weight")).shape[0])
+        ffn, mlp_ratio = "swiglu", hidden * 1.5 / dim
+        if (int(int(dim * mlp_ratio) * 2 / 3) + 7) // 8 * 8 != hidden:
+            raise ValueError(f"SwiGLU hidden width {hidden} cannot be expressed as an mlp_ratio for dim {dim}")
     else:
         ffn, mlp_ratio = "mlp", int(state["blocks.0.mlp.fc1.weight"].shape[0]) / dim
-    n_pos = int(state["pos_embed"].shape[1]) if "pos_embed" in state else 0
-    grid = math.isqrt(n_pos - 1) if n_pos and math.isqrt(n_pos - 1) ** 2 == n_pos - 1 else math.isqrt(n_pos)
-    if grid * grid not in (n_pos, n_pos - 1):
-        raise ValueError(f"pos_embed has {n_pos} positions: not a square grid (+ class token)")
+    if fmt == "dinov3":
+        grid = None
+        periods = state.get("rope_embed.periods")
+        head_dim = 4 * int(periods.numel()) if periods is not None else 64
+    else:
+        n_pos = int(state["pos_embed"].shape[1]) if "pos_embed" in state else 0
+        grid = math.isqrt(n_pos - 1) if n_pos and math.isqrt(n_pos - 1) ** 2 == n_pos - 1 else math.isqrt(n_pos)
+        if grid * grid not in (n_pos, n_pos - 1):
+            raise ValueError(f"pos_embed has {n_pos} positions: not a square grid (+ class token)")
+        head_dim = 64
+    if dim % head_dim:
+        raise ValueError(f"embed_dim {dim} is not a multiple of the head width {head_dim}")
     regs = _registers(state)
     layerscale = 1.0 if "blocks.0.ls1.gamma" in state else None  # values come from the checkpoint
     arch = {384: "vit_small", 768: "vit_base", 1024: "vit_large", 1536: "vit_giant"}.get(dim, "vit_small")
     return {
-        "arch": arch, "embed_dim": dim, "depth": depth, "num_heads": max(dim // 64, 1), "patch_size": patch,
+        "arch": arch, "embed_dim": dim, "depth": depth, "num_heads": max(dim // head_dim, 1), "patch_size": patch,
         "mlp_ratio": mlp_ratio, "ffn_layer": ffn, "qkv_bias": "blocks.0.attn.qkv.bias" in state,
         "layerscale": layerscale, "num_register_tokens": 0 if regs is None else int(regs.shape[1]),
-        "pos_embed": "learned+physical", "pos_embed_grid": grid, "in_chans": in_chans,
+        "pos_embed": "gated_physical" if fmt == "dinov3" else "learned+physical", "pos_embed_grid": grid,
+        "rope_base": DINOV3_ROPE_BASE if fmt == "dinov3" else None, "norm_eps": 1e-5 if fmt == "dinov3" else 1e-6,
+        "in_chans": in_chans,
         "img_mean": [0.0] if in_chans == 1 else list(IMAGENET_MEAN),
         "img_std": [1.0] if in_chans == 1 else list(IMAGENET_STD),
     }
@@ -160,25 +186,37 @@ def convert_state_dict(state: dict[str, Tensor], model: PlanktonViT) -> dict[str
         raise ValueError(f"checkpoint patch embedding takes {w.shape[1]} channels, the model {model.in_chans}")
     out["patch_embed.proj.weight"] = w.reshape(dim, -1)
     out["patch_embed.proj.bias"] = b
+    renames = {"mlp.w1.": "mlp.fc1_g.", "mlp.w2.": "mlp.fc1_x.", "mlp.w3.": "mlp.fc2."}  # DINOv3 SwiGLU
     for key, value in state.items():
         m = re.match(r"(blocks\.\d+\.)(.*)", key)
         if m:
             name = m.group(2)
-            if name.startswith("mlp.w12."):
+            if name.endswith("attn.qkv.bias_mask"):
+                continue  # applied to the bias below
+            if name.endswith("attn.qkv.bias") and key + "_mask" in state:
+                # DINOv3's LinearKMaskedBias: the key third of the bias is multiplied by 0
+                mask = torch.nan_to_num(state[key + "_mask"].float(), nan=1.0)
+                out[key] = value.float() * mask
+            elif name.startswith("mlp.w12."):
                 half = value.shape[0] // 2
                 suffix = name.split(".")[-1]
                 out[f"{m.group(1)}mlp.fc1_g.{suffix}"] = value[:half].float()
                 out[f"{m.group(1)}mlp.fc1_x.{suffix}"] = value[half:].float()
-            elif name.startswith("mlp.w3."):
-                out[f"{m.group(1)}mlp.fc2.{name.split('.')[-1]}"] = value.float()
+            elif model.cfg["ffn_layer"] == "swiglu" and any(name.startswith(a) for a in renames):
+                prefix = next(a for a in renames if name.startswith(a))
+                out[f"{m.group(1)}{renames[prefix]}{name[len(prefix):]}"] = value.float()
             else:
                 out[key] = value.float()
         elif key.startswith("norm."):
             out[key] = value.float()
+        elif key == "rope_embed.periods":
+            out["rope.periods"] = value.float()  # the published (bfloat16-rounded) periods, kept as they are
     expected = model.state_dict()
     for key, value in expected.items():  # parameters the public model has no counterpart of
         if key not in out and key.startswith("pos_embed.") and key != "pos_embed.pos_embed":
             out[key] = value  # zero-initialised µm gain
+        elif key not in out and key == "rope.periods":
+            out[key] = value  # a checkpoint without stored periods: DINOv3's base-100 schedule
     missing = sorted(set(expected) - set(out))
     unexpected = sorted(set(out) - set(expected))
     if missing or unexpected:
@@ -195,7 +233,7 @@ def _public_backbone(state: dict[str, Tensor], model_cfg: dict[str, Any]) -> Pla
     other model key from *model_cfg* (``max_tokens_per_image`` defaults to the table's grid)."""
     cfg = {k: v for k, v in model_cfg.items() if k not in ARCH_KEYS and k != "init"}
     cfg.update(pretrained_model_cfg(state, int(model_cfg.get("in_chans", 1))))
-    cfg.setdefault("max_tokens_per_image", cfg["pos_embed_grid"] ** 2)
+    cfg.setdefault("max_tokens_per_image", cfg["pos_embed_grid"] ** 2 if cfg["pos_embed_grid"] else DINOV3_MAX_TOKENS)
     model = PlanktonViT(cfg)
     model.load_state_dict(convert_state_dict(state, model), strict=True)
     return model

@@ -19,7 +19,13 @@ Model config (the ``model:`` block of a pretraining YAML; defaults: the packaged
     1 (grey plankton images) or 3.
 ``pos_embed``
     ``physical`` (sin-cos of patch centre in µm / ``pos_ref_um``) | ``learned`` (a table
-    interpolated per image as DINOv2) | ``learned+physical`` (both; the µm term starts at 0).
+    interpolated per image as DINOv2) | ``learned+physical`` (both; the µm term starts at 0) |
+    ``gated_physical`` (the µm term alone, starting at 0: with RoPE, DINOv3 warm starts).
+``rope_base``
+    null, or the base of DINOv3's 2-D rotary embedding of queries/keys (100 in DINOv3); see
+    :mod:`~aqqua_geo.foundation.rope`.
+``norm_eps``
+    LayerNorm epsilon (1e-6 as DINOv2; DINOv3 uses 1e-5).
 ``pos_embed_grid``
     Side of a learned table (null: √max_tokens_per_image; public DINOv2 weights: 37).
 ``pos_ref_um``
@@ -58,6 +64,7 @@ from aqqua_geo.foundation.attention import BACKENDS, attention_bias, packed_atte
 from aqqua_geo.foundation.config import packaged_defaults
 from aqqua_geo.foundation.packing import PackedBatch, PackedLayout
 from aqqua_geo.foundation.pos_embed import POS_EMBEDS, build_pos_embed
+from aqqua_geo.foundation.rope import RotaryEmbedding2D
 
 ARCHS: dict[str, dict[str, int]] = {
     "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
@@ -105,6 +112,10 @@ def resolve_model_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"model.ffn_layer must be 'mlp' or 'swiglu', got {cfg['ffn_layer']!r}")
     if cfg["max_tokens_per_image"] < 1 or cfg["patch_size"] < 1:
         raise ValueError("model.max_tokens_per_image and model.patch_size must be >= 1")
+    if cfg["rope_base"] is not None and not float(cfg["rope_base"]) > 0:
+        raise ValueError(f"model.rope_base must be null or > 0, got {cfg['rope_base']}")
+    if not float(cfg["norm_eps"]) > 0:
+        raise ValueError(f"model.norm_eps must be > 0, got {cfg['norm_eps']}")
     if not 0.0 <= cfg["drop_path_rate"] < 1.0:
         raise ValueError(f"model.drop_path_rate must be in [0, 1), got {cfg['drop_path_rate']}")
     return cfg
@@ -117,13 +128,13 @@ class PackedBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
-                 layerscale: float | None, drop_path: float, ffn_layer: str) -> None:
+                 layerscale: float | None, drop_path: float, ffn_layer: str, norm_eps: float = 1e-6) -> None:
         super().__init__()
         layers = import_timm().layers
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = layers.Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
         self.ls1 = layers.LayerScale(dim, init_values=layerscale) if layerscale else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         hidden = int(dim * mlp_ratio)
         if ffn_layer == "swiglu":
             # DINOv2's SwiGLU keeps the parameter count of the GELU MLP: hidden * 2/3.
@@ -134,10 +145,11 @@ class PackedBlock(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: Tensor, attn_bias: Any, branch_scale: Tensor | None = None,
-                backend: str = "dense") -> Tensor:
+                backend: str = "dense", rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``attn_bias`` from :func:`~aqqua_geo.foundation.attention.attention_bias`;
-        ``branch_scale`` ``(R, L, 1)``: per-token residual-branch factor (0 or 1/keep)."""
-        a = self.ls1(packed_attention(self.attn, self.norm1(x), attn_bias, backend))
+        ``branch_scale`` ``(R, L, 1)``: per-token residual-branch factor (0 or 1/keep);
+        ``rope``: per-slot rotary ``(sin, cos)``, or None."""
+        a = self.ls1(packed_attention(self.attn, self.norm1(x), attn_bias, backend, rope))
         x = x + (a if branch_scale is None else a * branch_scale[0])
         m = self.ls2(self.mlp(self.norm2(x)))
         return x + (m if branch_scale is None else m * branch_scale[1])
@@ -174,14 +186,16 @@ class PlanktonViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, d))
         self.register_tokens = nn.Parameter(torch.zeros(self.num_register_tokens, d))
         self.mask_token = nn.Parameter(torch.zeros(1, d))
+        self.rope = (RotaryEmbedding2D(d // cfg["num_heads"], cfg["rope_base"])
+                     if cfg["rope_base"] is not None else None)
         rates = ([cfg["drop_path_rate"]] * depth if cfg["drop_path_uniform"]
                  else torch.linspace(0, cfg["drop_path_rate"], depth).tolist())
         self.blocks = nn.ModuleList(
             PackedBlock(d, cfg["num_heads"], cfg["mlp_ratio"], cfg["qkv_bias"], cfg["layerscale"] or None,
-                        rate, cfg["ffn_layer"])
+                        rate, cfg["ffn_layer"], cfg["norm_eps"])
             for rate in rates
         )
-        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.norm = nn.LayerNorm(d, eps=cfg["norm_eps"])
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -232,12 +246,13 @@ class PlanktonViT(nn.Module):
             raise ValueError("model.attention=flex: FlexAttention has no CPU backward in torch; "
                              "train on CPU with attention auto or dense")
         attn_bias = attention_bias(layout.segment, backend)
+        rope = None if self.rope is None else self.rope(packed, layout)
         for block in self.blocks:
             scales = self._branch_scales(block, layout, packed.n_images, seq.device)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                seq = checkpoint(block, seq, attn_bias, scales, backend, use_reentrant=False)
+                seq = checkpoint(block, seq, attn_bias, scales, backend, rope, use_reentrant=False)
             else:
-                seq = block(seq, attn_bias, scales, backend)
+                seq = block(seq, attn_bias, scales, backend, rope)
         seq = self.norm(seq)
 
         patch = seq[layout.token_row, layout.token_slot]
