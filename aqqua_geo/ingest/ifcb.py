@@ -185,6 +185,42 @@ def iter_ifcb(
         yield from _bin_items(tree, adc_name, table, pixel_size_um)
 
 
+def stitched_rois(bin_dir: str | Path) -> dict[int, np.ndarray]:
+    """ROIs of an IFCB bin by ROI number (1-based ADC row), read with :func:`iter_ifcb`.
+
+    ROIs of the same trigger are stitched into one image on their union box (gaps filled with
+    the median grey of the pieces), as WHOI stitches V1 bins before measuring them with
+    ifcb-analysis; the stitched image is filed under the trigger's first ROI number. ROIs
+    without pixels (rejected records) are left out. The store keeps every ROI as ingested:
+    this is for comparing with reference features.
+    """
+    rois, boxes = {}, {}
+    for item in iter_ifcb(bin_dir):
+        if getattr(item, "image", None) is None:
+            continue
+        n = int(item.raw["roi_number"])
+        rois[n] = item.image()
+        boxes[n] = (int(item.raw["trigger"]), int(item.raw["roiX"]), int(item.raw["roiY"]))
+    out: dict[int, np.ndarray] = {}
+    for n, (trig, _, _) in boxes.items():
+        group = [j for j, b in boxes.items() if b[0] == trig]
+        if len(group) == 1:
+            out[n] = rois[n]
+        elif n == group[0]:
+            x0 = min(boxes[j][1] for j in group)
+            y0 = min(boxes[j][2] for j in group)
+            x1 = max(boxes[j][1] + rois[j].shape[1] for j in group)
+            y1 = max(boxes[j][2] + rois[j].shape[0] for j in group)
+            background = np.median(np.concatenate([rois[j].ravel() for j in group]))
+            canvas = np.full((y1 - y0, x1 - x0), background, np.uint8)
+            for j in group:
+                _, xj, yj = boxes[j]
+                h, w = rois[j].shape
+                canvas[yj - y0 : yj - y0 + h, xj - x0 : xj - x0 + w] = rois[j]
+            out[n] = canvas
+    return out
+
+
 def _cell_int(value: str) -> int | None:
     """A non-negative integer ADC cell (``238`` or ``238.0``), else None."""
     try:

@@ -14,37 +14,13 @@ IFCB_BIN = "IFCB5_2012_028_081515"
 
 
 def read_ifcb_rois(bin_dir: Path) -> dict[int, np.ndarray]:
-    """ROIs of an IFCB bin by ROI number (1-based ADC row), via the project's IFCB reader.
+    """ROIs of an IFCB bin by ROI number, triggers stitched (``ingest.ifcb.stitched_rois``);
+    every ROI of the bundled bins has pixels."""
+    from aqqua_geo.ingest.ifcb import iter_ifcb, stitched_rois
 
-    ROIs of the same trigger are stitched into one image on their union box (gaps filled with
-    the median background), as WHOI stitches V1 bins before measuring them.
-    """
-    from aqqua_geo.ingest.ifcb import iter_ifcb
-
-    rois, boxes = {}, {}
     for item in iter_ifcb(bin_dir):
         assert item.image is not None, item
-        n = int(item.raw["roi_number"])
-        rois[n] = item.image()
-        boxes[n] = (int(item.raw["trigger"]), int(item.raw["roiX"]), int(item.raw["roiY"]))
-    out: dict[int, np.ndarray] = {}
-    for n, (trig, _, _) in boxes.items():
-        group = [j for j, b in boxes.items() if b[0] == trig]
-        if len(group) == 1:
-            out[n] = rois[n]
-        elif n == group[0]:
-            x0 = min(boxes[j][1] for j in group)
-            y0 = min(boxes[j][2] for j in group)
-            x1 = max(boxes[j][1] + rois[j].shape[1] for j in group)
-            y1 = max(boxes[j][2] + rois[j].shape[0] for j in group)
-            bg = np.median(np.concatenate([rois[j].ravel() for j in group]))
-            canvas = np.full((y1 - y0, x1 - x0), bg, np.uint8)
-            for j in group:
-                _, xj, yj = boxes[j]
-                h, w = rois[j].shape
-                canvas[yj - y0 : yj - y0 + h, xj - x0 : xj - x0 + w] = rois[j]
-            out[n] = canvas
-    return out
+    return stitched_rois(bin_dir)
 
 
 @pytest.fixture(scope="session")
