@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dinov2.models import vision_transformer as ref_vit  # test dependency: pip install --no-deps dinov2
 
 from aqqua_geo.foundation.pretrained import detect_format, load_pretrained_backbone, read_state_dict
-
-ref_vit = pytest.importorskip("dinov2.models.vision_transformer", reason="pip install --no-deps dinov2")
 
 
 def _official(tmp_path, arch="vit_small", img_size=112, registers=0, chunks=0, wrap=None, seed=0):
