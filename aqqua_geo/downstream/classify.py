@@ -291,9 +291,10 @@ def finish_bundle(head, backbone_path: str | Path, emb: np.ndarray, labels: np.n
     from sklearn.metrics import balanced_accuracy_score
 
     from aqqua_geo.downstream.novelty import (
-        EMBEDDING_METHODS,
         METHODS,
         NoveltyScorer,
+        auto_candidates,
+        candidate_params,
         holdout_class_evaluation,
         select_method,
         summarise,
@@ -310,18 +311,20 @@ def finish_bundle(head, backbone_path: str | Path, emb: np.ndarray, labels: np.n
     n_classes = len(np.unique(labels))
     novelty_metrics: dict[str, Any] = {"requested": novelty, "tpr": float(novelty_tpr)}
     method = "knn" if novelty == "auto" else novelty
+    # hybrid inputs: the morphometric columns get their own (standardised) scorers among the candidates
+    hybrid_dim = extra.get("backbone_dim") if extra.get("inputs") == HYBRID_INPUTS else None
+    candidates = auto_candidates(hybrid_dim) if novelty == "auto" else [novelty]
     if n_classes >= 3:
         sub = _novelty_eval_subset(labels, novelty_max_per_class, seed)
         counts = pd.Series(labels[sub]).value_counts()
         if counts.min() >= 4:
-            methods = list(EMBEDDING_METHODS) if novelty == "auto" else [novelty]
-            table = holdout_class_evaluation(emb[sub], labels[sub], methods=methods, seed=seed, tpr=novelty_tpr)
+            table = holdout_class_evaluation(emb[sub], labels[sub], methods=candidates, seed=seed, tpr=novelty_tpr)
             if novelty == "auto":
                 method = select_method(table)
             novelty_metrics["holdout_classes"] = table.to_dict("records")
             novelty_metrics["summary"] = summarise(table).reset_index().to_dict("records")
     novelty_metrics["method"] = method
-    scorer = NoveltyScorer(method, tpr=novelty_tpr).fit(emb[tr], labels[tr])
+    scorer = NoveltyScorer(tpr=novelty_tpr, **candidate_params(candidates, method)).fit(emb[tr], labels[tr])
     scorer.set_threshold(emb[va], bundle.logits(emb[va]) if method == "energy" else None)
     bundle.novelty = scorer
     pred = bundle.classes[bundle.predict_proba(emb[va]).argmax(axis=1)]
