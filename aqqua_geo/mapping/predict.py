@@ -31,6 +31,16 @@ if TYPE_CHECKING:  # annotations only: BRTEnsemble.grid imports this module
 PROGRESS_SUFFIX = ".regions"  # sibling folder of region markers: the store holds only zarr files
 CANONICAL_ORDER = ("time", "month", "depth", "lat", "lon")
 MG_PER_PG = 1e18  # 1 Pg = 1e15 g = 1e18 mg
+CLIMATOLOGY_CELL_METHODS = "time: mean within years time: mean over years"  # CF 7.4
+_TIME_ENCODING = ("units", "calendar", "dtype")  # kept on time coordinates: bounds share the axis's units
+
+
+def _coord_encoding(da: xr.DataArray) -> dict[str, Any]:
+    """Encoding of a coordinate: no fill value; a datetime keeps its units, calendar and dtype."""
+    enc: dict[str, Any] = {"_FillValue": None}
+    if np.issubdtype(da.dtype, np.datetime64):
+        enc.update({k: v for k, v in da.encoding.items() if k in _TIME_ENCODING})
+    return enc
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,6 +158,17 @@ def predict_lazy(models: BRTEnsemble | Mapping[str, Any], cube: xr.Dataset,
             flag.attrs = cf.extrapolation_attrs(prod.group or name, prod.model.features_)
             out[f"{name}_extrapolated"] = flag
     coords = {d: cube[d] for d in dims if d in cube.coords}
+    clim = cube["time"].attrs.get("climatology") if "time" in coords else None
+    if clim:  # a CF climatological time axis (monthly climatology): its bounds and cell methods
+        if clim not in cube.variables:
+            raise KeyError(f"cube time axis names climatology bounds {clim!r}, which it lacks")
+        coords[clim] = cube[clim]
+        for v in out.values():
+            if "cell_methods" in v.attrs:
+                # the checker's CF 7.4 form allows nothing after the time methods: the area
+                # method moves to the comment
+                v.attrs["comment"] = f"{v.attrs.get('comment', '')}; cell_methods also {v.attrs['cell_methods']}".lstrip("; ")
+                v.attrs["cell_methods"] = CLIMATOLOGY_CELL_METHODS
     ds = xr.Dataset(out, coords=coords)
     return _add_depth_coords(ds, products)
 
@@ -295,7 +316,7 @@ def predict_to_zarr(
             enc["_FillValue"] = np.int8(-1)
         ds[v].encoding = enc
     for c in ds.coords:  # coordinates and bounds never hold missing values
-        ds[c].encoding = {"_FillValue": None}
+        ds[c].encoding = _coord_encoding(ds[c])
 
     markers = out_path.with_name(out_path.name + PROGRESS_SUFFIX)
     if out_path.exists():
@@ -402,7 +423,7 @@ def write_netcdf(zarr_path: str | Path, netcdf_path: str | Path) -> Path:
         if coords:
             ds[v].attrs["coordinates"] = coords
     for c in ds.coords:
-        enc[c] = {"_FillValue": None}
+        enc[c] = _coord_encoding(ds[c])
     netcdf_path = Path(netcdf_path)
     with atomic_path(netcdf_path) as tmp:  # never a half-written .nc under the final name
         ds.to_netcdf(tmp, encoding=enc, engine="netcdf4")

@@ -32,7 +32,7 @@ PRODUCT_DEFAULTS = CONFIG_DIR / "product.yaml"
 LOG_KINDS = {"biomass", "abundance", "zooplankton_carbon", "poc", "carbon_export"}
 
 __all__ = ["ConfigError", "load_config", "resolve_config_path", "product_model_kwargs", "load_table",
-           "load_cube", "fit_from_config", "predict_from_config", "plot_from_config", "drawn_products"]
+           "load_cube", "prediction_cube", "fit_from_config", "predict_from_config", "plot_from_config", "drawn_products"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,10 +119,32 @@ def load_table(spec: str) -> pd.DataFrame:
 
 
 def load_cube(env: Mapping[str, Any]) -> xr.Dataset:
-    """The environmental cube of the config's ``env`` section (any ``open_env`` source)."""
+    """The environmental cube of the config's ``env`` section: any ``open_env`` source, or
+    ``env_monthly:<shared/data or its env_monthly folder>`` for the bundled annual cube joined
+    with the monthly climatologies (``month`` dimension; :mod:`aqqua_geo.mapping.env_monthly`)."""
     from aqqua_geo.mapping.env import open_env
 
-    return open_env(env["source"], variables=env["variables"], climatology=bool(env["climatology"]))
+    source = env["source"]
+    if isinstance(source, str) and source.startswith("env_monthly:"):
+        from aqqua_geo.mapping.env_monthly import monthly_cube
+
+        cube = monthly_cube(source.split(":", 1)[1])
+        return cube[env["variables"]] if env["variables"] else cube
+    return open_env(source, variables=env["variables"], climatology=bool(env["climatology"]))
+
+
+def prediction_cube(cfg: Mapping[str, Any], cube: xr.Dataset) -> xr.Dataset:
+    """The cube products are predicted on: a ``month`` axis becomes a CF climatological time
+    axis over the years of the observations (``time_coverage_*``)."""
+    if "month" not in cube.dims:
+        return cube
+    from aqqua_geo.mapping.env_monthly import climatology_time_axis
+
+    start, end = _time_coverage(cfg)
+    if not (start and end):
+        raise ConfigError("a monthly product needs the observation years: set time_coverage_start/end "
+                          "or give the table a datetime column")
+    return climatology_time_axis(cube, int(start[:4]), int(end[:4]))
 
 
 def training_frame(cfg: Mapping[str, Any], product: Mapping[str, Any], cube: xr.Dataset
@@ -217,7 +239,7 @@ def predict_from_config(cfg: Mapping[str, Any], scheduler: str | None = None,
     out = Path(cfg["out"])
     pcfg = cfg["predict"]
     products = _products(cfg)
-    cube = load_cube(cfg["env"])
+    cube = prediction_cube(cfg, load_cube(cfg["env"]))
     # only what changes the numbers goes into the resume guard (not the scheduler, not titles)
     run_cfg = {"env": cfg["env"], "products": cfg["products"], "data": cfg["data"],
                "model": cfg["model"], "chunks": pcfg["chunks"], "region_size": pcfg["region_size"],
@@ -225,6 +247,10 @@ def predict_from_config(cfg: Mapping[str, Any], scheduler: str | None = None,
     attrs = cf.acdd_attrs(summary=_summary(cfg), kinds=[p["kind"] for p in cfg["products"]],
                           institution=cfg["institution"], license=cfg["license"] or _licence(cfg),
                           time_coverage=_time_coverage(cfg))
+    if "time" in cube.dims:
+        attrs["comment"] = ("Monthly climatology of the observation period (time is a CF climatological "
+                            "axis, climatology_bnds); each variable describes the layer or horizon of "
+                            "its depth coordinate")
     with dask_session(scheduler or pcfg["scheduler"], progress=progress,
                       n_workers=pcfg["n_workers"], threads_per_worker=pcfg["threads_per_worker"]):
         path = predict_to_zarr(
@@ -262,8 +288,13 @@ def _licence(cfg: Mapping[str, Any]) -> str:
 
     tables = {p["table"] or cfg["data"]["table"] for p in cfg["products"]}
     parts = []
-    if any("drago2022" in str(t) for t in tables) or cfg["env"]["source"] == "bundled":
+    source = str(cfg["env"]["source"])
+    if any("drago2022" in str(t) for t in tables) or source == "bundled" or source.startswith("env_monthly:"):
         parts.append(drago2022.LICENSE)
+    if source.startswith("env_monthly:"):
+        from aqqua_geo.mapping.env_monthly import LICENSE as monthly_licence
+
+        parts.append(monthly_licence)
     if any("poc_flux" in str(t) for t in tables):
         parts.append(poc_flux.LICENSE)
     return "; ".join(parts) or "see the input data licences"

@@ -102,3 +102,53 @@ def test_zarr_store_is_consolidated_and_has_coverage(demo_products):
     assert "GPL-3.0" in ds.attrs["license"]
     assert ds["poc_flux_100m_mean"].attrs["units"] == "mg m-2 d-1"
     assert float(ds["depth_1000m"]) == 1000.0 and ds["depth_0_200m"].attrs["bounds"] == "depth_0_200m_bnds"
+
+
+@pytest.fixture(scope="module")
+def monthly_products(tmp_path_factory, no_network_module, shared_data):
+    """The monthly-climatology export product (poc_flux_monthly recipe, 100 m only, tiny)."""
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("cf_monthly")
+    recipe = Path(__file__).resolve().parents[2] / "mapping" / "configs" / "poc_flux_monthly.yaml"
+    sets = [f"out={out}", f"env.source=env_monthly:{shared_data}", *TINY]
+    cfg = load_config(recipe, sets)
+    cfg["products"] = cfg["products"][:1]
+    fit_from_config(cfg, progress=False)
+    from aqqua_geo.mapping.workflow import predict_from_config
+
+    predict_from_config(cfg, progress=False)
+    return {"netcdf": out / "maps.nc", "zarr": write_netcdf(out / "maps.zarr", out / "zarr_via_xarray.nc"),
+            "out": out}
+
+
+@pytest.mark.parametrize("which", ["netcdf", "zarr"])
+def test_monthly_climatology_product_passes_cf_and_acdd(monthly_products, which, tmp_path):
+    res = _check(monthly_products[which], tmp_path)
+    cf_res = res["cf:1.10"]
+    assert _failed(cf_res["high_priorities"]) == []
+    medium = [(n, [m for m in msgs if not any(a in m for a in CF_MEDIUM_ALLOWED)])
+              for n, msgs in _failed(cf_res["medium_priorities"])]
+    assert [x for x in medium if x[1]] == []
+    for name, msgs in _failed(res["acdd"]["high_priorities"]):
+        assert msgs == ["standard_name"] and "poc_flux_100m" in name, (name, msgs)
+
+
+def test_monthly_product_has_a_climatological_time_axis(monthly_products):
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+
+    ds = xr.open_dataset(monthly_products["netcdf"])
+    assert ds.sizes["time"] == 12 and "month" not in ds.dims
+    assert ds["time"].attrs["climatology"] == "climatology_bnds"
+    b = pd.DatetimeIndex(ds["climatology_bnds"].values[:, 0])
+    assert b[0] == pd.Timestamp("1976-01-01") and b[-1] == pd.Timestamp("1976-12-01")
+    assert pd.Timestamp(ds["climatology_bnds"].values[-1, 1]) == pd.Timestamp("2023-01-01")
+    m = ds["poc_flux_100m_mean"]
+    assert m.dims == ("time", "lat", "lon") and "time: mean within years time: mean over years" in m.attrs["cell_methods"]
+    assert "Monthly climatology" in ds.attrs["comment"]
+    # the seasonal cycle is in the map: months differ
+    assert float(np.nanmean(np.nanstd(m.values, axis=0))) > 0
+    tot = pd.read_csv(monthly_products["out"] / "totals.csv")
+    assert tot["product"].tolist() == ["poc_flux_100m"] and tot["total"].iloc[0] > 0
