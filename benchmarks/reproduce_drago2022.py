@@ -37,12 +37,10 @@ from aqqua_geo.mapping.drago2022 import (
     LAYER_THICKNESS_M,
     POISSON_SCALE,
     _dataset_dir,
-    build_reference_map,
+    _rename,
     open_bundled_cube_file,
     open_bundled_observations,
     open_bundled_reference_map,
-    read_copepoda_results,
-    read_observations,
     read_r,
     table_to_grid,
 )
@@ -83,11 +81,22 @@ def stratified_split(y: np.ndarray, test_size: float = 0.2, n_bins: int = 10, se
 
 
 def _their_split(shared_dir: str | Path | None, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Their exact Copepoda split: ``d_train``/``d_test`` row names are 1-based positions in
-    the Copepoda rows of ``d``."""
+    """Their exact Copepoda 0–200 m split (see :func:`_their_split_from`)."""
     if shared_dir is None:
         return None
-    res = read_r(_dataset_dir(shared_dir) / COPEPODA_FILE)
+    return _their_split_from(_dataset_dir(shared_dir) / COPEPODA_FILE, n)
+
+
+def _reference_map(results_path: str | Path) -> pd.DataFrame:
+    """Their Copepoda map of a results file: ``lon, lat, pred_mean, pred_sd``."""
+    pred = read_r(results_path)["prediction"]
+    return pred[["lon", "lat", "pred_mean", "pred_sd"]].astype("f4")
+
+
+def _their_split_from(results_path: str | Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Their exact Copepoda split of a results file: ``d_train``/``d_test`` row names are
+    1-based positions in the Copepoda rows of ``d``."""
+    res = read_r(results_path)
     tr = np.asarray(res["d_train"].index, dtype=int) - 1
     te = np.asarray(res["d_test"].index, dtype=int) - 1
     if tr.size + te.size != n or np.intersect1d(tr, te).size:
@@ -108,6 +117,10 @@ def evaluate_taxon(
     nthread: int = 1,
     seed: int = 0,
     target: str = "biomass_sph",
+    thickness_m: float = LAYER_THICKNESS_M,
+    scale_factor: float = POISSON_SCALE,
+    base_score: float | None = None,
+    spatial_seeds: tuple[int, ...] = (0,),
 ) -> dict[str, Any]:
     """Their protocol for one taxon, plus spatial-block CV and a global map.
 
@@ -115,7 +128,14 @@ def evaluate_taxon(
     CV, early stopping, 1-SE rule); ``n_resamples`` models fit on the training parts of
     repeated 5-fold splits, each scored on the test set (R², mean ± sd: their ``cv_metrics``).
     (b) spatial-block CV (``block_deg`` blocks, grouped 5-fold) of the same settings on all cells.
-    (c) the ensemble refit on all cells, predicted on *cube* (``grid``), total in Pg C (0–200 m).
+    (c) the ensemble refit on all cells, predicted on *cube* (``grid``), total in Pg C over a
+    layer of *thickness_m*.
+
+    *scale_factor*: their Poisson pseudo-count scale (biomass × 1000). *base_score*: xgboost's
+    initial prediction; ``0.5`` is the default of R xgboost 1.x that the authors ran (xgboost ≥ 2
+    estimates it from the labels instead), None keeps the installed xgboost's default. Also
+    reported: test R² of log10 biomass, test R² without the largest test cell (one cell can
+    carry most of the test variance) and spatial-CV R² mean ± sd over *spatial_seeds*.
     """
     from aqqua_geo.mapping.model import BRTEnsemble
     from aqqua_geo.mapping.model_selection import DEFAULT_GRID, regression_scores, spatial_block_cv
@@ -127,7 +147,9 @@ def evaluate_taxon(
     X = d[["lon", "lat", *FEATURES]]
     y = d[target].to_numpy(dtype="f8")
     tr, te = split if split is not None else stratified_split(y, seed=seed)
-    proto = BRTEnsemble(**PROTOCOL, search=grid or DEFAULT_GRID, n_members=n_resamples,
+    protocol = {**PROTOCOL, "label_scale": scale_factor,
+                "params": {**PROTOCOL["params"], **({} if base_score is None else {"base_score": base_score})}}
+    proto = BRTEnsemble(**protocol, search=grid or DEFAULT_GRID, n_members=n_resamples,
                         nthread=nthread, random_state=seed)
     proto.fit(X.iloc[tr], y[tr])
     ens = proto.predict_ensemble(X.iloc[te])
@@ -137,12 +159,21 @@ def evaluate_taxon(
 
     p_test = float(pearsonr(y[te], ens.mean(axis=0))[1]) if np.ptp(ens.mean(axis=0)) > 0 else 1.0
 
-    tuned = {**PROTOCOL, "params": {**PROTOCOL["params"], **proto.search_.best_params},
+    from aqqua_geo.mapping.model_selection import log10_r2
+
+    big = int(np.argmax(y[te]))
+    rest = np.delete(np.arange(te.size), big)
+    ens_mean = ens.mean(axis=0)
+    r2_wo_big = regression_scores(y[te][rest], ens_mean[rest])["r2"]
+    big_share = float((y[te][big] - y[te].mean()) ** 2 / ((y[te] - y[te].mean()) ** 2).sum())
+    tuned = {**protocol, "params": {**protocol["params"], **proto.search_.best_params},
              "cv": "stratified"}
-    spatial = spatial_block_cv(BRTEnsemble(**{**tuned, "resampling": "bootstrap"},
-                                           n_members=spatial_members, nthread=nthread,
-                                           random_state=seed),
-                               X, y, block_deg=block_deg, random_state=seed)
+    spatial_runs = [spatial_block_cv(BRTEnsemble(**{**tuned, "resampling": "bootstrap"},
+                                                 n_members=spatial_members, nthread=nthread,
+                                                 random_state=s),
+                                     X, y, block_deg=block_deg, random_state=s) for s in spatial_seeds]
+    spatial = spatial_runs[0]
+    spatial_r2 = np.array([r["r2"] for r in spatial_runs]) * 100
     full = BRTEnsemble(**tuned, n_members=n_resamples, nthread=nthread, random_state=seed).fit(X, y)
     gridded = full.grid(cube, name="biomass")
     return {
@@ -156,9 +187,14 @@ def evaluate_taxon(
         "r2_test_ensemble": ens_scores["r2"] * 100,
         "pearson_test_ensemble": ens_scores["pearson_r"],
         "pearson_p_test": p_test,  # they count a taxon in totals only if p < 0.05
-        "r2_spatial_cv": spatial["r2"] * 100,
+        "r2_test_log10": log10_r2(y[te], ens_mean) * 100,
+        "r2_test_without_largest": r2_wo_big * 100,
+        "largest_test_cell_variance_share": big_share * 100,
+        "r2_spatial_cv": float(spatial_r2.mean()),
+        "r2_spatial_cv_sd_seeds": float(spatial_r2.std(ddof=1)) if spatial_r2.size > 1 else float("nan"),
         "r2_spatial_cv_folds": [r * 100 for r in spatial["r2_per_fold"]],
-        "total_pg_c": total_pg_c(gridded["biomass_mean"], LAYER_THICKNESS_M),
+        "base_score": base_score,
+        "total_pg_c": total_pg_c(gridded["biomass_mean"], thickness_m),
         "model": full,
         "map": gridded,
     }
@@ -174,6 +210,14 @@ def reproduce(
     out_dir: str | Path | None = None,
     grid_other: dict[str, list] | None = None,
     progress: bool = True,
+    layer: str = "0_200",
+    obs_path: str | Path | None = None,
+    results_path: str | Path | None = None,
+    thickness_m: float | None = None,
+    scale_factor: float | dict[str, float] = POISSON_SCALE,
+    base_score: float | None = None,
+    grid: dict[str, list] | None = None,
+    spatial_seeds: tuple[int, ...] = (0,),
 ) -> dict[str, Any]:
     """Reproduce Drago et al. 2022's Copepoda 0–200 m model, then every taxon.
 
@@ -191,14 +235,32 @@ def reproduce(
 
     from aqqua_geo.mapping.predict import total_pg_c
 
-    obs = read_observations(shared_dir) if shared_dir is not None else open_bundled_observations()
+    top, bottom = (float(v) for v in layer.split("_"))
+    thickness = float(thickness_m) if thickness_m is not None else bottom - top
+    scale = (lambda t: scale_factor.get(t, POISSON_SCALE)) if isinstance(scale_factor, dict) else (lambda t: scale_factor)
+    if obs_path is None and shared_dir is not None:
+        obs_path = _dataset_dir(shared_dir) / f"3.biomass_env_{layer}m.Rdata"
+    if results_path is None and shared_dir is not None:
+        results_path = _dataset_dir(shared_dir) / f"results/{layer}/Copepoda_world_{layer}m_without_model_full.rds"
+    if obs_path is not None:
+        obs = _rename(read_r(obs_path)["d"].reset_index(drop=True))
+        obs["taxon"] = obs["taxon"].astype(str)
+    elif layer == "0_200":
+        obs = open_bundled_observations()
+    else:
+        raise FileNotFoundError(f"layer {layer}: give shared_dir or obs_path (only 0-200 m is bundled)")
     cube = open_bundled_cube_file()
-    ref = build_reference_map(shared_dir) if shared_dir is not None else open_bundled_reference_map()
+    have_results = results_path is not None and Path(results_path).is_file()
+    ref = (_reference_map(results_path) if have_results else
+           open_bundled_reference_map() if layer == "0_200" else None)
     n_cop = int((obs["taxon"] == "Copepoda").sum())
-    split = _their_split(shared_dir, n_cop)
+    split = _their_split_from(results_path, n_cop) if have_results else None
 
-    cop = evaluate_taxon(obs, "Copepoda", cube, n_resamples=n_resamples, split=split,
-                         nthread=nthread)
+    cop = evaluate_taxon(obs, "Copepoda", cube, n_resamples=n_resamples, split=split, grid=grid,
+                         nthread=nthread, thickness_m=thickness, scale_factor=scale("Copepoda"),
+                         base_score=base_score, spatial_seeds=spatial_seeds)
+    if ref is None:
+        raise FileNotFoundError(f"layer {layer}: their Copepoda results file {results_path} is needed")
     ref_grid = table_to_grid(ref, "pred_mean", cube)
     ours = cop["map"]["biomass_mean"]
     both = np.isfinite(ours.values) & np.isfinite(ref_grid.values)
@@ -209,10 +271,11 @@ def reproduce(
         "map_pearson_r_log": float(pearsonr(np.log10(a), np.log10(b))[0]),
         "map_spearman_rho": float(spearmanr(a, b)[0]),
         "map_n_cells": int(both.sum()),
-        "drago_total_pg_c": total_pg_c(ref_grid, LAYER_THICKNESS_M),
+        "drago_total_pg_c": total_pg_c(ref_grid, thickness),
+        "layer": layer, "thickness_m": thickness,
     })
-    if shared_dir is not None:
-        cv = read_copepoda_results(shared_dir)["cv_metrics"]
+    if have_results:
+        cv = read_r(results_path)["cv_metrics"]
         cop["drago_r2_mean"] = float(cv["R2"].mean())
         cop["drago_r2_sd"] = float(cv["R2"].std(ddof=1))
     else:  # the figures printed in their results file (cv_metrics, 100 resamples)
@@ -233,7 +296,8 @@ def reproduce(
     for t in iterator:
         rows.append(_row(evaluate_taxon(obs, t, cube, n_resamples=n_resamples_other,
                                         grid=grid_other or GRID_OTHER, spatial_members=5,
-                                        nthread=nthread)))
+                                        nthread=nthread, thickness_m=thickness, scale_factor=scale(t),
+                                        base_score=base_score, spatial_seeds=spatial_seeds)))
     table = pd.DataFrame(rows).sort_values("total_pg_c", ascending=False, ignore_index=True)
     return {"copepoda": {k: v for k, v in cop.items() if k not in ("model", "map")},
             "copepoda_model": cop["model"], "copepoda_map": cop["map"], "taxa": table, "pngs": pngs}
@@ -241,7 +305,8 @@ def reproduce(
 
 def _row(res: dict[str, Any]) -> dict[str, Any]:
     keys = ("taxon", "n_cells", "pct_zero", "r2_test_mean", "r2_test_sd", "r2_test_ensemble",
-            "pearson_p_test", "r2_spatial_cv", "total_pg_c", "n_rounds")
+            "r2_test_log10", "r2_test_without_largest", "largest_test_cell_variance_share",
+            "pearson_p_test", "r2_spatial_cv", "r2_spatial_cv_sd_seeds", "total_pg_c", "n_rounds")
     return {k: res[k] for k in keys}
 
 
@@ -276,6 +341,16 @@ def main() -> None:
     p.add_argument("--n-resamples-other", type=int, default=20)
     p.add_argument("--nthread", type=int, default=1)
     p.add_argument("--min-r2", type=float, default=0.1, help="spatial-CV R² floor for the gated total")
+    p.add_argument("--layer", default="0_200", help="their layer: 0_200 or 200_500 (files 3.biomass_env_<layer>m.Rdata)")
+    p.add_argument("--obs-path", default=None, help="their table d for the layer (default: in --shared)")
+    p.add_argument("--results-path", default=None, help="their Copepoda results .rds for the layer")
+    p.add_argument("--thickness-m", type=float, default=None, help="layer thickness (default: from --layer)")
+    p.add_argument("--scale-factor", type=float, default=POISSON_SCALE, help="Poisson pseudo-count scale")
+    p.add_argument("--base-score", type=float, default=None,
+                   help="xgboost base_score; 0.5 = R xgboost 1.x default the authors ran")
+    p.add_argument("--spatial-seeds", default="0", help="seeds of the spatial-block CV (spread reported)")
+    p.add_argument("--their-settings", action="store_true",
+                   help="Copepoda: their chosen eta/max_depth/min_child_weight (lowest_error) instead of the grid")
     args = p.parse_args()
 
     import pandas as pd
@@ -283,8 +358,20 @@ def main() -> None:
     shared = args.shared if (Path(args.shared) / "drago2022_uvp5_biomass").is_dir() else None
     taxa = "all" if args.taxa == "all" else [] if args.taxa == "none" else args.taxa.split(",")
     t0 = time.perf_counter()
+    grid = None
+    if args.their_settings and shared:
+        from aqqua_geo.mapping.drago2022 import read_r as _read
+
+        results = args.results_path or (_dataset_dir(shared) / f"results/{args.layer}/Copepoda_world_{args.layer}m_without_model_full.rds")
+        best = _read(results)["lowest_error"]
+        grid = {k: [float(best[k].iloc[0])] for k in ("eta", "max_depth", "min_child_weight")}
+        grid["max_depth"] = [int(grid["max_depth"][0])]
     res = reproduce(shared, taxa=taxa, n_resamples=args.n_resamples,
-                    n_resamples_other=args.n_resamples_other, nthread=args.nthread, out_dir=args.out)
+                    n_resamples_other=args.n_resamples_other, nthread=args.nthread, out_dir=args.out,
+                    layer=args.layer, obs_path=args.obs_path, results_path=args.results_path,
+                    thickness_m=args.thickness_m, scale_factor=args.scale_factor,
+                    base_score=args.base_score, grid=grid,
+                    spatial_seeds=tuple(int(x) for x in args.spatial_seeds.split(",")))
     wall = time.perf_counter() - t0
     c = res["copepoda"]
     print(f"\n=== Copepoda 0-200 m (data: {'shared R files' if shared else 'bundled'}; split: {c['split']}) ===")
@@ -292,7 +379,13 @@ def main() -> None:
     print(f"{'(a) test R2 %, mean of resample models':52s} {c['r2_test_mean']:12.1f} {c['drago_r2_mean']:12.1f}")
     print(f"{'    sd over resamples':52s} {c['r2_test_sd']:12.1f} {c['drago_r2_sd']:12.1f}")
     print(f"{'    test R2 % of the ensemble mean':52s} {c['r2_test_ensemble']:12.1f} {'-':>12s}")
-    print(f"{'(b) spatial-block CV R2 % (10 deg, 5 folds, pooled)':52s} {c['r2_spatial_cv']:12.1f} {'-':>12s}")
+    print(f"{'    test R2 % of log10 biomass (ensemble mean)':52s} {c['r2_test_log10']:12.1f} {'-':>12s}")
+    print(f"{'    test R2 % without the largest test cell':52s} {c['r2_test_without_largest']:12.1f} {'-':>12s}"
+          f"   (that cell: {c['largest_test_cell_variance_share']:.0f} % of the test variance)")
+    print(f"{'(b) spatial-block CV R2 % (10 deg, 5 folds, pooled)':52s} {c['r2_spatial_cv']:12.1f} {'-':>12s}"
+          f"   (sd over seeds {c['r2_spatial_cv_sd_seeds']:.1f})")
+    print(f"    xgboost base_score: {c['base_score'] if c['base_score'] is not None else 'installed default'}; "
+          f"layer {c['layer']} m, thickness {c['thickness_m']:g} m")
     folds = ", ".join(f"{r:.0f}" for r in c["r2_spatial_cv_folds"])
     print(f"{'    per fold':52s} {folds:>25s}")
     print(f"{'(c) map Pearson r vs their pred_mean':52s} {c['map_pearson_r']:12.3f} {'1':>12s}")
