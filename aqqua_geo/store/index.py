@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -34,20 +35,56 @@ def rejection_key(source: str, file: str, record: str, object_id: str | None, re
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+# py-lmdb opens a file once per process: readers and the committer share one handle per path
+_ENVS: dict[str, tuple[lmdb.Environment, dict, bool]] = {}
+_PID = os.getpid()
+
+
+def _handle(path: Path, write: bool) -> tuple[lmdb.Environment, dict]:
+    global _PID
+    if os.getpid() != _PID:  # a forked child must not use the parent's handles
+        _ENVS.clear()
+        _PID = os.getpid()
+    key = os.path.realpath(path)
+    cached = _ENVS.get(key)
+    if cached is not None and (cached[2] or not write):
+        return cached[0], cached[1]
+    if cached is not None:
+        cached[0].close()  # upgrade a read-only handle for the committer
+    env = lmdb.open(key, subdir=False, map_size=MAP_SIZE, max_dbs=len(_DBS), readonly=not write, lock=write,
+                    readahead=False)
+    dbs = {name.decode(): env.open_db(name, create=write) for name in _DBS}
+    _ENVS[key] = (env, dbs, write)
+    return env, dbs
+
+
+def release(store_dir: str | Path) -> None:
+    """Close this process's handle of the store's index (e.g. before deleting the store)."""
+    cached = _ENVS.pop(os.path.realpath(Path(store_dir) / INDEX), None)
+    if cached is not None:
+        cached[0].close()
+
+
 class DedupIndex:
     """Open ``STORE/index.lmdb`` (created if *write*)."""
 
     def __init__(self, store_dir: str | Path, *, write: bool = False):
         self.path = Path(store_dir) / INDEX
+        self.write = write
         if not write and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no de-duplication index")
-        self.env = lmdb.open(str(self.path), subdir=False, map_size=MAP_SIZE, max_dbs=len(_DBS),
-                             readonly=not write, lock=write, readahead=False)
-        self.db = {name.decode(): self.env.open_db(name, create=write) for name in _DBS} if write else {
-            name.decode(): self.env.open_db(name, create=False) for name in _DBS}
+        _handle(self.path, write)
+
+    @property
+    def env(self) -> lmdb.Environment:
+        return _handle(self.path, self.write)[0]
+
+    @property
+    def db(self) -> dict:
+        return _handle(self.path, self.write)[1]
 
     def close(self) -> None:
-        self.env.close()
+        """Nothing to do: the handle is shared by the process (see :func:`release`)."""
 
     # ------------------------------------------------------------------ lookups
     def kept(self, digest: str) -> tuple[str, str | None] | None:

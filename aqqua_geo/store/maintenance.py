@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from aqqua_geo.store.commit import prepare
-from aqqua_geo.store.index import DedupIndex
+from aqqua_geo.store.index import DedupIndex, release
 from aqqua_geo.store.manifest import StoreError, read_manifest, write_manifest
 from aqqua_geo.store.schema import FORMAT_VERSION
 from aqqua_geo.store.tables import SCHEMAS, Tables, part_name, write_part
@@ -102,6 +102,7 @@ def upgrade(store_dir: str | Path) -> bool:
                     entries.append(entry)
             listing[kind] = entries
         gen = int(manifest.get("generation") or 0) + 1
+        release(store_dir)
         (store_dir / "index.lmdb").unlink(missing_ok=True)
         idx = DedupIndex(store_dir, write=True)
         try:

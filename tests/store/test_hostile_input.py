@@ -6,7 +6,6 @@ be read or written when its files disagree with its manifest."""
 from __future__ import annotations
 
 import json
-
 import shutil
 import struct
 import subprocess
