@@ -63,7 +63,10 @@ def build(n: int) -> Path:
 
 
 _APPEND = """
-import json, resource, sys, time
+import json, resource
+def peak():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork+exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+import sys, time
 sys.path.insert(0, sys.argv[3])
 from store_scale import tiles, record
 from aqqua_geo.store import StoreWriter
@@ -71,11 +74,14 @@ t0 = time.perf_counter()
 with StoreWriter(sys.argv[1], source="append-" + sys.argv[2], source_format="bench", batch_size=1000) as w:
     for j, (oid, img) in enumerate(tiles(1000, 10**8 + int(sys.argv[2]))):
         w.add(oid, img, record(j))
-print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": peak()}))
 """
 
 _OPEN = """
-import json, resource, sys, time
+import json, resource
+def peak():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork+exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+import sys, time
 t0 = time.perf_counter()
 from aqqua_geo.store import AqquaStore
 t1 = time.perf_counter()
@@ -83,13 +89,16 @@ s = AqquaStore(sys.argv[1]); n = len(s)
 v = s.filter(bbox=(170, -30, -170, 30), start="2015-01-01", end="2018-01-01"); m = len(v)
 t2 = time.perf_counter()
 print(json.dumps({"n": n, "matched": m, "s": t2 - t1, "import_s": t1 - t0,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mb": peak()}))
 """
 
 _BARE = """
 import json, resource
+def peak():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork+exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
 from aqqua_geo.store import AqquaStore, StoreWriter
-print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"rss_mb": peak()}))
 """
 
 

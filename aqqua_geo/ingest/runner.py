@@ -126,8 +126,23 @@ def _store_state(store_dir: str | Path | None) -> tuple[dict[str, str], dict[str
     return dict(zip(ids, hashes)), {h: (oid, lab) for oid, h, lab in zip(ids, hashes, labels)}
 
 
+_TREES: dict[tuple, SourceTree] = {}
+
+
+def _tree(src: Path, follow_symlinks: bool, run: str | None) -> SourceTree:
+    """The source's file tree, listed once per process and ingest run *run* (every chunk of an
+    ingest walks the same tree; listing 20 000 files costs ~1 s); None: list it again."""
+    if run is None:
+        return SourceTree(src, follow_symlinks=follow_symlinks)
+    key = (str(src.resolve()), follow_symlinks, run)
+    if key not in _TREES:
+        _TREES.clear()
+        _TREES[key] = SourceTree(src, follow_symlinks=follow_symlinks)
+    return _TREES[key]
+
+
 def _iterator(src: Path, fmt: str, options: dict[str, Any], store_dir: Path | None) -> Iterator[Item | FileProblem]:
-    tree = SourceTree(src, follow_symlinks=bool(options.get("follow_symlinks")))
+    tree = _tree(src, bool(options.get("follow_symlinks")), options.get("_run"))
     if fmt == "ecotaxa":
         from aqqua_geo.ingest.ecotaxa import acq_samples_from_raw, iter_ecotaxa
 
@@ -165,7 +180,7 @@ def _default_source(src: Path) -> str:
 
 #: Records per staged session (chunk): the unit of parallel work and of resume. Fixed, so a
 #: re-run (serial or on any number of workers) finds the journal of a killed run.
-CHUNK_RECORDS = 4096
+CHUNK_RECORDS = 2048
 
 
 def _chunk(src, fmt, store_dir, source, chunk, chunk_records, constants, raw_constants, strict, batch_size, codec,
@@ -279,6 +294,9 @@ def _ingest_chunks(report, src, fmt, store_dir, source, constants, raw_constants
             manifest = read_manifest(store_dir)
             if "tables" in manifest:
                 prepare(store_dir, manifest)  # undo a half-done commit before anyone reads the index
+        import secrets
+
+        options = {**options, "_run": secrets.token_hex(8)}  # chunks of this run share one file listing
         n = _count_records(src, fmt, options, store_dir)
         n_chunks = max(1, -(-n // chunk_records))
         args = (src, fmt, store_dir, source)
