@@ -80,62 +80,6 @@ class StoreError(ValueError):
     """The files of a store disagree with its manifest (deleted, truncated, mixed up)."""
 
 
-GENERATION_KEY = b"aqqua.generation"
-
-
-def table_generation(table) -> int | None:
-    """The publish generation written into a Parquet table's schema metadata (None: older store)."""
-    meta = table.schema.metadata or {}
-    value = meta.get(GENERATION_KEY)
-    return None if value is None else int(value)
-
-
-def read_parquet_once(path: str | Path):
-    """Read a Parquet file through one open file (an atomic replace mid-read cannot mix two
-    versions); raise :class:`StoreError` naming the file if it is not readable Parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    with open(path, "rb") as fh:
-        data = fh.read()
-    try:
-        return pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowException, OSError) as err:
-        raise StoreError(f"{path}: not a readable Parquet file ({err})") from None
-
-
-def check_files(store_dir: str | Path, manifest: dict[str, Any], metadata=None) -> list[str]:
-    """Disagreements between *manifest* and the files of the store (empty list: consistent).
-
-    *metadata* is the already-read ``metadata.parquet`` table (or None if absent).
-    """
-    store_dir = Path(store_dir)
-    problems: list[str] = []
-    counts = manifest.get("counts", {})
-    n_objects = int(counts.get("objects", 0))
-    if metadata is None:
-        if n_objects or manifest.get("generation"):
-            problems.append(f"metadata.parquet is missing but the manifest lists {n_objects} objects")
-    else:
-        if metadata.num_rows != n_objects:
-            problems.append(f"metadata.parquet has {metadata.num_rows} rows but the manifest lists {n_objects} objects")
-        gen, want = table_generation(metadata), manifest.get("generation")
-        if want is not None and gen != want:
-            problems.append(f"metadata.parquet is generation {gen} but the manifest is generation {want}")
-    for name, key in (("rejected.parquet", "rejected"), ("duplicates.parquet", "duplicates")):
-        if int(counts.get(key, 0)) and not (store_dir / name).is_file():
-            problems.append(f"{name} is missing but the manifest lists {counts[key]} {key} records")
-    for shard in manifest.get("shards", []):
-        path = store_dir / shard["file"]
-        if shard.get("n_objects") and not path.is_file():
-            problems.append(f"{shard['file']} is missing but the manifest lists {shard['n_objects']} objects in it")
-    for entry, info in manifest.get("files", {}).items():
-        if info.get("rows") and not (store_dir / entry).is_file():
-            problems.append(f"{entry} is missing but the manifest lists {info['rows']} rows in it")
-    return problems
-
-
 def describe(store_dir: str | Path, problems: list[str]) -> str:
     return (f"{store_dir}: store files disagree with manifest.json: " + "; ".join(problems)
             + " (restore the missing files from a backup; nothing was read or written)")
