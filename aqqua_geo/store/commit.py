@@ -27,10 +27,7 @@ import pyarrow.parquet as pq
 from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
 from aqqua_geo.store.index import DedupIndex, rejection_key
-from aqqua_geo.store.manifest import new_manifest, now_iso, package_version, write_manifest
-from aqqua_geo.store.schema import DUPLICATES_SCHEMA, HARMONISED_SCHEMA, REJECTED_SCHEMA
-from aqqua_geo.store.tables import Tables, part_name, write_part
-from aqqua_geo.store.writer import (
+from aqqua_geo.store.layout import (
     DEFAULT_SHARD_BYTES,
     FILE,
     JOURNAL,
@@ -40,6 +37,9 @@ from aqqua_geo.store.writer import (
     SESSION_IMAGES,
     shard_path,
 )
+from aqqua_geo.store.manifest import new_manifest, now_iso, package_version, write_manifest
+from aqqua_geo.store.schema import DUPLICATES_SCHEMA, HARMONISED_SCHEMA, REJECTED_SCHEMA
+from aqqua_geo.store.tables import Tables, part_name, write_part
 
 _RAW_KEYS = ("object_id", "kept_object_id")
 _CLASH = "object id already in the store with different pixels"

@@ -9,10 +9,10 @@ import pyarrow as pa
 
 from aqqua_geo.store.commit import prepare
 from aqqua_geo.store.index import DedupIndex, release
+from aqqua_geo.store.layout import lock_store, unlock_store
 from aqqua_geo.store.manifest import StoreError, read_manifest, write_manifest
 from aqqua_geo.store.schema import FORMAT_VERSION
 from aqqua_geo.store.tables import SCHEMAS, Tables, part_name, write_part
-from aqqua_geo.store.writer import lock_store, unlock_store
 
 #: Rows per merged part: a few row groups, so push-down still skips most of a part.
 COMPACT_ROWS = 1_000_000

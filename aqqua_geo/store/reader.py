@@ -21,11 +21,11 @@ import pyarrow.compute as pc
 
 from aqqua_geo.store import codec
 from aqqua_geo.store.index import DedupIndex
+from aqqua_geo.store.layout import shard_path
 from aqqua_geo.store.manifest import StoreError, describe, read_manifest
 from aqqua_geo.store.schema import HARMONISED_SCHEMA, to_utc
 from aqqua_geo.store.shard_reader import ShardReader
 from aqqua_geo.store.tables import Tables
-from aqqua_geo.store.writer import shard_path
 
 
 def _as_list(value: Any) -> list:

@@ -13,8 +13,8 @@ import numpy as np
 
 from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
+from aqqua_geo.store.layout import shard_path
 from aqqua_geo.store.manifest import StoreError
-from aqqua_geo.store.writer import shard_path
 
 
 class ShardReader:

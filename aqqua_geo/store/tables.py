@@ -58,7 +58,7 @@ def write_part(store_dir: Path, rel: str, table: pa.Table, **extra: Any) -> dict
 
 def v1_listing(store_dir: Path, manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The part listing of a version-1 store (its four kinds of single files)."""
-    from aqqua_geo.store.writer import legacy_raw_path, raw_path
+    from aqqua_geo.store.layout import legacy_raw_path, raw_path
 
     def one(name: str, rows: int) -> list[dict[str, Any]]:
         return [{"file": name, "rows": rows}] if (store_dir / name).is_file() or rows else []
