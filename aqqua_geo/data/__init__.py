@@ -62,7 +62,7 @@ def write_uvp6_store(store_dir: str | Path, metadata=None, *, progress: bool = F
     :func:`uvp6_metadata` rows, possibly with extra columns (kept in ``raw/``), to ingest only
     those images; ``None`` ingests all 690 files. The ``darksphere__7777`` files are byte
     copies of Copepoda vignettes with a conflicting label: ingest keeps the Copepoda copies and
-    records the others in ``duplicates.parquet``, leaving 630 objects in 8 classes.
+    records the others in the store's duplicates table, leaving 630 objects in 8 classes.
     """
     import shutil
     import tempfile
