@@ -36,6 +36,14 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = {"all": None, "trap": "sediment trap", "thorium": "Thorium"}
 
 
+def method_masks(d: pd.DataFrame):
+    """``(label, row mask)`` of every observation method of :data:`METHODS` present in *d*."""
+    for label, method in METHODS.items():
+        sel = np.ones(len(d), bool) if method is None else (d["method"] == method).to_numpy()
+        if sel.any():
+            yield label, sel
+
+
 def scores(obs: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """R² of log10 values, rmse and bias of log10, Spearman rho (pairs with both > 0)."""
     from scipy.stats import spearmanr
@@ -97,10 +105,7 @@ def skill_table(d: pd.DataFrame, matched: pd.DataFrame, oof: np.ndarray, oof_med
               ("id", "method", "lon", "lat", "depth", "target_depth", "poc_flux_obs")]
     obs = d["poc_flux_obs"].to_numpy("f8")
     rows = []
-    for label, method in METHODS.items():
-        sel = np.ones(len(d), bool) if method is None else (d["method"] == method).to_numpy()
-        if not sel.any():
-            continue
+    for label, sel in method_masks(d):
         for what, preds in (("aqqua-geo median exp(f)", oof_median), ("aqqua-geo mean (smeared)", oof)):
             ours = [scores(obs[sel], o[sel]) for o in preds]
             rows.append({"method": label, "model": what, "n": ours[0]["n"],
@@ -136,10 +141,7 @@ def baseline_rows(config: str, name: str, d: pd.DataFrame, seeds: list[int], n_m
     _, med = out_of_block(bcfg, product, db, seeds, n_members)
     obs = d["poc_flux_obs"].to_numpy("f8")
     rows = []
-    for label, method in METHODS.items():
-        sel = np.ones(len(d), bool) if method is None else (d["method"] == method).to_numpy()
-        if not sel.any():
-            continue
+    for label, sel in method_masks(d):
         base = [scores(obs[sel], o[sel]) for o in med]
         ours = [scores(obs[sel], o[sel]) for o in ours_median]
         gain = np.array([a["r2_log10"] - b["r2_log10"] for a, b in zip(ours, base)])
