@@ -44,6 +44,7 @@ class Novelty(str, Enum):
     mahalanobis = "mahalanobis"
     rmd = "rmd"
     vim = "vim"
+    gaussian = "gaussian"
     energy = "energy"
 
 

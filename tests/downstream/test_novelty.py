@@ -198,3 +198,12 @@ def test_parameter_validation():
         NoveltyScorer("knn").fit(x, y).score(x[:, :3])
     with pytest.raises(RuntimeError, match="not fitted"):
         NoveltyScorer("knn").score(x)
+
+
+def test_cli_offers_every_novelty_method():
+    # The `aqqua train-classifier --novelty` choices are the scorer's methods plus "auto":
+    # a method added to novelty.METHODS but not to the CLI would be unreachable from the shell.
+    from aqqua_geo.cli.downstream_cmds import Novelty
+    from aqqua_geo.downstream.novelty import METHODS
+
+    assert {m.value for m in Novelty} == {"auto", *METHODS}
