@@ -64,8 +64,8 @@ def register(app: typer.Typer) -> None:
         mapping: Optional[list[str]] = common["mapping"],
         strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record; write nothing."),
         batch_size: int = typer.Option(512, "--batch-size", help="Objects per committed batch."),
-        codec: Optional[str] = typer.Option(None, "--codec", help="Image codec of a new store: lz4hc (fast reads, "
-                                            "default) or zstd (~20 % smaller, slower reads)."),
+        codec: Optional[str] = typer.Option(None, "--codec", help="Image codec of a new store: zstd (default; "
+                                            "~0.96x PNG bytes) or lz4hc (~1.45x PNG, 2x faster reads, 5-10x faster writes)."),
         follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
                                              help="Follow symbolic links that lead out of SRC (refused by default)."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Stage chunks of SRC on a Dask LocalCluster "

@@ -457,7 +457,7 @@ def ingest(src: str | Path, store_dir: str | Path, fmt: str = "ecotaxa", **optio
     Options: ``source`` (name, default the folder name), ``constants`` (CLI ``--set``; dict or
     ``["key=value"]``, applied to every record and recorded in raw/ as ``user_set:<key>``),
     ``strict`` (raise :class:`IngestError` at the first bad record; nothing is written),
-    ``progress``, ``batch_size``, ``codec`` (``lz4hc`` fast reads | ``zstd`` small; new stores); IFCB: ``positions`` (CSV bin,lat,lon,depth),
+    ``progress``, ``batch_size``, ``codec`` (``zstd`` small, default | ``lz4hc`` fast; new stores); IFCB: ``positions`` (CSV bin,lat,lon,depth),
     ``pixel_size_um``; folder: ``metadata`` (CSV/Parquet), ``mapping`` (field → column);
     ``follow_symlinks`` (links out of SRC are refused by default); ``workers`` (stage the
     chunks on a Dask LocalCluster of that many processes) or ``scheduler`` (address of any

@@ -40,12 +40,12 @@ _ENVS: dict[str, tuple[lmdb.Environment, dict, bool]] = {}
 _PID = os.getpid()
 
 
-def _handle(path: Path, write: bool) -> tuple[lmdb.Environment, dict]:
+def _handle(key: str, write: bool) -> tuple[lmdb.Environment, dict]:
+    """The process's handle of the index file at real path *key*."""
     global _PID
     if os.getpid() != _PID:  # a forked child must not use the parent's handles
         _ENVS.clear()
         _PID = os.getpid()
-    key = os.path.realpath(path)
     cached = _ENVS.get(key)
     if cached is not None and (cached[2] or not write):
         return cached[0], cached[1]
@@ -73,15 +73,16 @@ class DedupIndex:
         self.write = write
         if not write and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no de-duplication index")
-        _handle(self.path, write)
+        self._key = os.path.realpath(self.path)  # resolved once: realpath per lookup was half a random read
+        _handle(self._key, write)
 
     @property
     def env(self) -> lmdb.Environment:
-        return _handle(self.path, self.write)[0]
+        return _handle(self._key, self.write)[0]
 
     @property
     def db(self) -> dict:
-        return _handle(self.path, self.write)[1]
+        return _handle(self._key, self.write)[1]
 
     def close(self) -> None:
         """Nothing to do: the handle is shared by the process (see :func:`release`)."""

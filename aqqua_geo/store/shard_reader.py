@@ -64,17 +64,17 @@ class ShardReader:
             return self._decode(txn, object_id, shard)
 
     def _decode(self, txn, object_id: str, shard: int) -> np.ndarray:
-        where = shard_path(self.store_dir, shard)
         try:
             blob = segments.read(txn, object_id.encode("utf-8"))
         except (KeyError, ValueError, struct.error) as err:
-            raise StoreError(f"{object_id}: image in {where} is damaged ({err})") from None
+            raise StoreError(f"{object_id}: image in {shard_path(self.store_dir, shard)} is damaged ({err})") from None
         if blob is None:
-            raise KeyError(f"{object_id}: in metadata but not in {where}")
+            raise KeyError(f"{object_id}: in metadata but not in {shard_path(self.store_dir, shard)}")
         try:
             return codec.decode(blob)
-        except Exception as err:  # noqa: BLE001 - blosc2/struct errors: name the object
-            raise StoreError(f"{object_id}: image in {where} cannot be decoded ({type(err).__name__}: {err})") from None
+        except Exception as err:  # noqa: BLE001 - codec/struct errors: name the object
+            raise StoreError(f"{object_id}: image in {shard_path(self.store_dir, shard)} cannot be decoded "
+                             f"({type(err).__name__}: {err})") from None
 
     def close(self) -> None:
         """Close this store's shard handles in this process."""

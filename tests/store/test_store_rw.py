@@ -36,14 +36,6 @@ shapes = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None)
-@given(arrays(np.uint8, shapes))
-def test_codec_round_trip(image):
-    out = codec.decode(codec.encode(image))
-    assert out.dtype == np.uint8 and out.shape == image.shape
-    np.testing.assert_array_equal(out, image)
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
