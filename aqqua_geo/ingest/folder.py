@@ -119,15 +119,21 @@ def _resolve(columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
 
 
 def iter_folder(
-    src: Any, *, metadata: str | Path | None = None, mapping: dict[str, str] | None = None
-) -> Iterator[Item | FileProblem]:
-    """Yield an :class:`Item` per image under *src* (with its table row, if any)."""
+    src: Any, *, metadata: str | Path | None = None, mapping: dict[str, str] | None = None, skip: int = 0
+) -> Iterator[Item | FileProblem | None]:
+    """Yield an :class:`Item` per image under *src* (with its table row, if any).
+
+    *skip*: the caller discards the first *skip* values (a later chunk of a parallel ingest),
+    so image records among them are yielded as ``None`` without being built: a chunk's scan
+    then costs O(files) list steps, not O(files) record parses (~26 µs each).
+    """
     tree = src if isinstance(src, SourceTree) else SourceTree(src)
     mapping = dict(mapping or {})
     table_path = Path(metadata) if metadata else (default_metadata_path(tree.src) if tree.src.is_dir() else None)
     rows: dict[str, tuple[int, dict[str, str]]] = {}
     cols: dict[str, str] = {}
     table_name = str(table_path) if table_path else ""
+    n_yielded = 0
     if table_path is not None:
         df = read_table(table_path)
         cols = _resolve(list(df.columns), mapping)
@@ -136,15 +142,18 @@ def iter_folder(
             raise KeyError(f"{table_path}: no image path column (one of {PATH_COLUMNS}, or mapping path=...)")
         dup_cols = df.attrs.get("duplicate_columns") or []
         if df.attrs.get("encoding") == "latin-1":
+            n_yielded += 1
             yield FileProblem(table_name, None, f"{table_path}: not UTF-8, read as Latin-1")
         for i, rec in enumerate(df.to_dict("records")):
             rec = {k: ("" if v is None else str(v)) for k, v in rec.items()}
             if dup_cols:  # which of two same-named columns is meant? refuse rather than guess
+                n_yielded += 1
                 yield FileProblem(table_name, "bad_row", f"{table_path}: row {i + 2}: column(s) {', '.join(dup_cols)} "
                                   "given twice in the header", f"row {i + 2}", rec)
                 continue
             rel = normalise_path(rec[path_col])
             if rel in rows:
+                n_yielded += 1
                 yield FileProblem(table_name, "duplicate_object_id", f"{table_path}: row {i + 2}: image {rel} listed twice",
                                   f"row {i + 2}", rec)
                 continue
@@ -158,6 +167,10 @@ def iter_folder(
         images = [n for n in images if n != here]
     for rel in images:
         line, rec = rows.pop(rel, (None, {}))
+        n_yielded += 1
+        if n_yielded <= skip:
+            yield None
+            continue
         yield _item(tree, rel, rec, cols, table_name if line else tree.display(rel), f"row {line}" if line else rel)
     for rel, (line, rec) in rows.items():  # table rows whose image is absent
         yield Item(file=table_name, record=f"row {line}", object_id=rec.get(cols.get("object_id", ""), "") or _default_id(rel),

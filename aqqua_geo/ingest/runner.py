@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -141,7 +142,10 @@ def _tree(src: Path, follow_symlinks: bool, run: str | None) -> SourceTree:
     return _TREES[key]
 
 
-def _iterator(src: Path, fmt: str, options: dict[str, Any], store_dir: Path | None) -> Iterator[Item | FileProblem]:
+def _iterator(src: Path, fmt: str, options: dict[str, Any], store_dir: Path | None,
+              skip: int = 0) -> Iterator[Item | FileProblem | None]:
+    """The record stream of *src*; values before position *skip* may be ``None`` (the caller
+    drops them: formats that can skip cheaply do)."""
     tree = _tree(src, bool(options.get("follow_symlinks")), options.get("_run"))
     if fmt == "ecotaxa":
         from aqqua_geo.ingest.ecotaxa import acq_samples_from_raw, iter_ecotaxa
@@ -159,7 +163,7 @@ def _iterator(src: Path, fmt: str, options: dict[str, Any], store_dir: Path | No
     if fmt == "folder":
         from aqqua_geo.ingest.folder import iter_folder
 
-        return iter_folder(tree, metadata=options.get("metadata"), mapping=options.get("mapping"))
+        return iter_folder(tree, metadata=options.get("metadata"), mapping=options.get("mapping"), skip=skip)
     raise ValueError(f"format {fmt!r}: use one of {FORMATS}")
 
 
@@ -213,7 +217,7 @@ def _chunk(src, fmt, store_dir, source, chunk, chunk_records, constants, raw_con
         writer.reject(file=file, record=record, reason=reason, detail=detail, raw=raw, object_id=object_id)
 
     try:
-        items = _iterator(Path(src), fmt, options, Path(store_dir))
+        items = _iterator(Path(src), fmt, options, Path(store_dir), skip=lo)
         for i, item in enumerate(tqdm(items, desc=f"ingest {source}", unit="rec", disable=not progress,
                                       mininterval=1.0)):
             if i < lo:
@@ -245,7 +249,7 @@ def _chunk(src, fmt, store_dir, source, chunk, chunk_records, constants, raw_con
 
 
 def _count_records(src: Path, fmt: str, options: dict[str, Any], store_dir: Path) -> int:
-    return sum(1 for _ in _iterator(src, fmt, options, store_dir))
+    return sum(1 for _ in _iterator(src, fmt, options, store_dir, skip=sys.maxsize))  # positions only: nothing built
 
 
 def _dask_client(workers: int | None, scheduler: str | None):

@@ -206,6 +206,31 @@ def test_folder_with_mapped_table(uvp6, tmp_path):
         validate(src, fmt="folder", metadata=tmp_path / "table.csv", mapping={"lat": "nope"}, progress=False)
 
 
+def test_folder_skip_yields_the_same_records_after_the_skipped_positions(uvp6, tmp_path):
+    """A later chunk of a parallel ingest skips the first positions without building them."""
+    from aqqua_geo.ingest.folder import iter_folder
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    names = sorted((uvp6 / "fiber__9999").glob("*.png"))[:5]
+    for p in names:
+        shutil.copy(p, src / p.name)
+    pd.DataFrame({"file": [names[0].name, names[0].name, names[1].name, "absent.png"]}).to_csv(
+        tmp_path / "t.csv", index=False)  # a row listed twice (a problem first) and a missing image (last)
+    full = list(iter_folder(src, metadata=tmp_path / "t.csv"))
+    assert len(full) == 1 + 5 + 1
+    for skip in range(len(full) + 2):
+        part = list(iter_folder(src, metadata=tmp_path / "t.csv", skip=skip))
+        assert len(part) == len(full)
+        for i, (a, b) in enumerate(zip(full, part)):
+            if i >= skip:
+                assert (type(a), a.file, a.record, getattr(a, "object_id", None)) == (
+                    type(b), b.file, b.record, getattr(b, "object_id", None))
+            else:  # skipped: image records are not built; the table's own problems still are
+                assert b is None or (type(b), b.record) == (type(a), a.record)
+        assert sum(b is None for b in part) == min(max(skip - 1, 0), 5)
+
+
 def test_same_pixels_in_other_formats_are_duplicates(uvp6, tmp_path):
     src = tmp_path / "formats"
     src.mkdir()
