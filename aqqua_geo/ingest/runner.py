@@ -6,6 +6,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +263,35 @@ def _dask_client(workers: int | None, scheduler: str | None):
     return Client(cluster), cluster
 
 
+def _close_client(client, cluster) -> None:
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+@contextmanager
+def _closing_client(client, cluster):
+    try:
+        yield
+    finally:
+        _close_client(client, cluster)
+
+
+def _staged(args, rest, n_chunks: int, client, progress: bool):
+    """The chunks' staging results in chunk order: staged in this process, or all submitted to
+    the Dask *client*'s workers at once and yielded as each is done."""
+    if client is None:
+        for k in range(n_chunks):
+            yield _chunk(*args, k, *rest, progress=progress)
+        return
+    source = args[3]
+    futures = [client.submit(_chunk, *args, k, *rest, key=f"aqqua-ingest-{source}-{k}", pure=False)
+               for k in range(n_chunks)]
+    for future in futures:
+        yield future.result()
+
+
 def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, progress=True, batch_size=512, codec=None,
          workers=None, scheduler=None, chunk_records=CHUNK_RECORDS, **options):
     src = Path(src)
@@ -284,8 +315,8 @@ def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, prog
 
 def _ingest_chunks(report, src, fmt, store_dir, source, constants, raw_constants, strict, progress, batch_size, codec,
                    workers, scheduler, chunk_records, options) -> None:
-    """Stage every chunk (in-process, or on Dask workers) then commit them in chunk order."""
-    from aqqua_geo.store.commit import commit, prepare
+    """Stage every chunk (in-process, or on Dask workers), merging them in chunk order into one commit."""
+    from aqqua_geo.store.commit import Commit, prepare
     from aqqua_geo.store.manifest import MANIFEST, read_manifest
     from aqqua_geo.store.writer import JOURNAL, lock_store, session_name, unlock_store
 
@@ -301,54 +332,53 @@ def _ingest_chunks(report, src, fmt, store_dir, source, constants, raw_constants
         import secrets
 
         options = {**options, "_run": secrets.token_hex(8)}  # chunks of this run share one file listing
-        n = _count_records(src, fmt, options, store_dir)
+        # the cluster starts (worker processes import) while this process counts the records
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(_dask_client, workers, scheduler) if workers or scheduler else None
+            try:
+                n = _count_records(src, fmt, options, store_dir)
+            except BaseException:
+                if starting is not None:
+                    _close_client(*starting.result())
+                raise
+            client, cluster = starting.result() if starting is not None else (None, None)
         n_chunks = max(1, -(-n // chunk_records))
         args = (src, fmt, store_dir, source)
         rest = (chunk_records, constants, raw_constants, strict, batch_size, codec, options)
-        if workers or scheduler:
-            client, cluster = _dask_client(workers, scheduler)
-            try:
-                futures = [client.submit(_chunk, *args, k, *rest, key=f"aqqua-ingest-{source}-{k}", pure=False)
-                           for k in range(n_chunks)]
-                parts = client.gather(futures)
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
-        else:
-            parts = [_chunk(*args, k, *rest, progress=progress) for k in range(n_chunks)]
-        for part in parts:
-            report.records += part["records"]
-            report.rejected_by_reason.update(part["rejected_by_reason"])
-            report.rejections += part["rejections"]
-            report.notes += [x for x in part["notes"] if x not in report.notes]
-            report.warning_counts.update(part["warnings"])
-            report.exists += part["exists"]
         sessions = [store_dir / JOURNAL / session_name(source, k) for k in range(n_chunks)]
-        if not any((s / "session.json").is_file() for s in sessions):
-            sessions = sessions[:1]  # nothing staged: still register a new source
-            from aqqua_geo.store import StoreWriter
+        # each chunk's session is merged as soon as it is staged (in chunk order), so on a cluster
+        # the merge overlaps the staging of later chunks; the manifest is written once, at the end
+        with _closing_client(client, cluster), Commit(store_dir, codec_name=codec) as committer:
+            for k, part in enumerate(_staged(args, rest, n_chunks, client, progress)):
+                report.records += part["records"]
+                report.rejected_by_reason.update(part["rejected_by_reason"])
+                report.rejections += part["rejections"]
+                report.notes += [x for x in part["notes"] if x not in report.notes]
+                report.warning_counts.update(part["warnings"])
+                report.exists += part["exists"]
+                committer.add(sessions[k])
+            if not committer.sessions:  # nothing staged: still register a new source
+                known = (store_dir / MANIFEST).is_file() and source in {
+                    e["source"] for e in read_manifest(store_dir).get("sources", [])}
+                if not known:
+                    from aqqua_geo.store import StoreWriter
 
-            known = (store_dir / MANIFEST).is_file() and source in {
-                e["source"] for e in read_manifest(store_dir).get("sources", [])}
-            if not known:
-                w = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(src.resolve()),
-                                codec=codec, publish=False, session=sessions[0].name,
-                                source_info={"constants": {k: str(v) for k, v in raw_constants.items()}})
-                w.open()
-                w._start_session()
-                w.close()
-            else:
-                sessions = []
-        if sessions:
-            result = commit(store_dir, sessions, codec_name=codec)
-            report.ingested, report.duplicates = result.added, result.duplicates
-            report.exists += result.exists
-            report.conflicting_labels = result.conflicting_labels
-            clash = result.rejected_by_reason.get("duplicate_object_id", 0) - report.rejected_by_reason.get(
-                "duplicate_object_id", 0)
-            if clash > 0:  # the same id with other pixels in two chunks: decided at commit
-                report.rejected_by_reason["duplicate_object_id"] += clash
+                    w = StoreWriter(store_dir, source=source, source_format=fmt, source_path=str(src.resolve()),
+                                    codec=codec, publish=False, session=sessions[0].name,
+                                    source_info={"constants": {k: str(v) for k, v in raw_constants.items()}})
+                    w.open()
+                    w._start_session()
+                    w.close()
+                    committer.add(sessions[0])
+            if committer.sessions:
+                result = committer.finish()
+                report.ingested, report.duplicates = result.added, result.duplicates
+                report.exists += result.exists
+                report.conflicting_labels = result.conflicting_labels
+                clash = result.rejected_by_reason.get("duplicate_object_id", 0) - report.rejected_by_reason.get(
+                    "duplicate_object_id", 0)
+                if clash > 0:  # the same id with other pixels in two chunks: decided at commit
+                    report.rejected_by_reason["duplicate_object_id"] += clash
     except BaseException:
         unlock_store(lock)
         lock = None

@@ -5,9 +5,10 @@
 a hash already kept → a duplicate of the first holder), so sessions staged in parallel by
 several workers end as the serial ingest of the same records would. It then writes one set of
 new part files, appends the kept images to the store's shards, stages the new index keys,
-replaces ``manifest.json`` (the commit) and settles the index. A kill at any step before the
-manifest leaves the previous store; the journal is kept, so the re-run commits the same.
-Memory is O(records committed), never O(store).
+replaces ``manifest.json`` (the commit) and settles the index. :class:`Commit` does the same
+session by session, so a parallel ingest merges each chunk while later chunks are staged. A
+kill at any step before the manifest leaves the previous store; the journal is kept, so the
+re-run commits the same. Memory is O(records committed), never O(store).
 """
 
 from __future__ import annotations
@@ -124,110 +125,156 @@ class _State:
         return key in self.rejections or (self.index is not None and self.index.has_rejection(key))
 
 
+class Commit:
+    """One commit, fed session by session: :meth:`add` merges a staged session (replay, shard
+    appends, part files; nothing visible yet), :meth:`finish` stages the index keys and writes
+    the manifest (the commit point). A parallel ingest adds each chunk's session as soon as its
+    worker is done, so the merge overlaps the staging of later chunks; the result is the same
+    as :func:`commit` of all the sessions at the end. The caller holds the store lock.
+    """
+
+    def __init__(self, store_dir: str | Path, *, shard_max_bytes: int = DEFAULT_SHARD_BYTES,
+                 codec_name: str | None = None):
+        from aqqua_geo.store.manifest import MANIFEST, read_manifest
+
+        self.store_dir = store_dir = Path(store_dir)
+        self.shard_max_bytes = int(shard_max_bytes)
+        self.codec_name = codec_name
+        manifest = read_manifest(store_dir) if (store_dir / MANIFEST).is_file() else None
+        self.manifest = prepare(store_dir, manifest) or new_manifest()
+        self.manifest.setdefault("tables", {k: [] for k in ("harmonised", "raw", "rejected", "duplicates")})
+        self.gen = int(self.manifest.get("generation") or 0) + 1
+        self.report = CommitReport(generation=self.gen)
+        self._index = DedupIndex(store_dir, write=True) if (store_dir / "index.lmdb").is_file() else None
+        self._state = _State(self._index)
+        self.sessions: list[Path] = []
+        self._n_part: Counter = Counter()
+        self._new_parts: dict[str, list] = {k: [] for k in self.manifest["tables"]}
+        self._new_kept: list[tuple] = []
+        self._new_dups: list[tuple] = []
+        self._new_rej: list[bytes] = []
+        self._shard = _current_shard(store_dir, self.manifest)
+        self._shard_counts: Counter = Counter()
+        self._infos: list[dict] = []
+
+    def __enter__(self) -> Commit:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add(self, session: str | Path) -> None:
+        """Merge one staged session (a folder without ``session.json`` staged nothing: skipped)."""
+        d = Path(session)
+        if not (d / "session.json").is_file():
+            return
+        self.sessions.append(d)
+        store_dir, gen = self.store_dir, self.gen
+        info, records, raw, rejected = _load_session(d)
+        self._infos.append(info)
+        kept, dup_rows, gen_rej, kept_of = _replay(records, self._state, self.report)
+        # images of the kept records, in row order, appended to the store's shards
+        batch = max(1, int(info.get("batch_size", 512)))
+        oids, hashes = kept.column("object_id").to_pylist(), kept.column("content_hash").to_pylist()
+        shards: list[int] = []
+        if oids:
+            src_env = lmdb.open(str(d / SESSION_IMAGES), subdir=False, readonly=True, lock=False)
+            try:
+                for start in range(0, len(oids), batch):
+                    stop = min(start + batch, len(oids))
+                    _append_images(store_dir, self._shard, oids[start:stop], hashes[start:stop], src_env)
+                    shards += [self._shard] * (stop - start)
+                    self._shard_counts[self._shard] += stop - start
+                    if shard_path(store_dir, self._shard).stat().st_size >= self.shard_max_bytes:
+                        self._shard += 1  # roll over to a new shard
+            finally:
+                src_env.close()
+        kept = kept.set_column(kept.schema.get_field_index("shard"), HARMONISED_SCHEMA.field("shard"),
+                               pa.array(shards, pa.int32()))
+        self._new_kept += zip(oids, hashes, kept.column("label").to_pylist(), shards)
+        self._new_dups += [(r["object_id"], r["kept_object_id"]) for r in dup_rows]
+        rej_rows = _rejections(rejected, gen_rej, self._state, self._new_rej, self.report)
+
+        def put(kind: str, table: pa.Table, **extra) -> None:
+            if table.num_rows:
+                rel = part_name(kind, gen, self._n_part[kind])
+                self._n_part[kind] += 1
+                self._new_parts[kind].append(write_part(store_dir, rel, table, **extra))
+
+        put("harmonised", kept)
+        put("duplicates", pa.Table.from_pylist(dup_rows, schema=DUPLICATES_SCHEMA))
+        put("rejected", pa.Table.from_pylist(rej_rows, schema=REJECTED_SCHEMA))
+        if raw is not None and kept_of:
+            keep = pc.is_in(raw.column("object_id"), pa.array(list(kept_of)))
+            table = raw.filter(keep).drop_columns([SEQ])
+            table = table.set_column(table.schema.get_field_index("kept_object_id"), "kept_object_id",
+                                     pa.array([kept_of[o] for o in table.column("object_id").to_pylist()],
+                                              pa.string()))
+            table = table.drop_columns([c for c in table.column_names if c not in _RAW_KEYS
+                                        and table.column(c).null_count == table.num_rows])
+            put("raw", table, source=info["source"])
+
+    def finish(self) -> CommitReport:
+        """Stage the index keys, write the manifest (the commit), settle the index, and remove
+        the merged sessions' journals."""
+        store_dir, manifest, gen = self.store_dir, self.manifest, self.gen
+        self._index = None  # the shared handle is upgraded to a writer below
+        idx = DedupIndex(store_dir, write=True)
+        try:
+            idx.stage(gen, self._new_kept, self._new_dups, self._new_rej)
+            for kind, parts in self._new_parts.items():
+                manifest["tables"][kind] = manifest["tables"].get(kind, []) + parts
+            _update_manifest(store_dir, manifest, self._infos, self._new_parts, self._shard_counts,
+                             self.codec_name, gen)
+            write_manifest(store_dir, manifest)  # the commit
+            idx.settle(gen)
+        finally:
+            idx.close()
+            self.close()
+        for d in self.sessions:
+            shutil.rmtree(d, ignore_errors=True)
+        journal = store_dir / JOURNAL
+        if journal.is_dir() and not any(journal.iterdir()):
+            journal.rmdir()
+        return self.report
+
+    def close(self) -> None:
+        """Release the shard handles (after :meth:`finish`, or instead of it on an error: the
+        manifest is then unchanged and the journals are kept, so a re-run commits the same)."""
+        for s in set(self._shard_counts):
+            close_env(shard_path(self.store_dir, s))
+
+
 def commit(store_dir: str | Path, sessions: list[Path], *, shard_max_bytes: int = DEFAULT_SHARD_BYTES,
            codec_name: str | None = None) -> CommitReport:
     """Merge the staged *sessions* (in this order) into a new generation of the store.
 
     The caller holds the store lock (:func:`aqqua_geo.store.writer.lock_store`).
     """
-    from aqqua_geo.store.manifest import MANIFEST, read_manifest
-
-    store_dir = Path(store_dir)
-    manifest = read_manifest(store_dir) if (store_dir / MANIFEST).is_file() else None
-    manifest = prepare(store_dir, manifest) or new_manifest()
-    manifest.setdefault("tables", {k: [] for k in ("harmonised", "raw", "rejected", "duplicates")})
-    gen = int(manifest.get("generation") or 0) + 1
-    report = CommitReport(generation=gen)
-    index = DedupIndex(store_dir, write=True) if (store_dir / "index.lmdb").is_file() else None
-    state = _State(index)
-    sessions = [Path(s) for s in sessions if (Path(s) / "session.json").is_file()]
-    n_part = Counter()
-    new_parts: dict[str, list] = {k: [] for k in manifest["tables"]}
-    new_kept, new_dups, new_rej = [], [], []
-    shard = _current_shard(store_dir, manifest)
-    shard_counts: Counter = Counter()
-    infos = []
-    try:
+    with Commit(store_dir, shard_max_bytes=shard_max_bytes, codec_name=codec_name) as c:
         for d in sessions:
-            info, records, raw, rejected = _load_session(d)
-            infos.append(info)
-            meta_rows, dup_rows, gen_rej, kept_of = _replay(records, state, report)
-            # images of the kept records, in row order, appended to the store's shards
-            batch = max(1, int(info.get("batch_size", 512)))
-            if meta_rows:
-                src_env = lmdb.open(str(d / SESSION_IMAGES), subdir=False, readonly=True, lock=False)
-                try:
-                    for start in range(0, len(meta_rows), batch):
-                        part = meta_rows[start:start + batch]
-                        _append_images(store_dir, shard, part, src_env)
-                        for r in part:
-                            r["shard"] = shard
-                        shard_counts[shard] += len(part)
-                        if shard_path(store_dir, shard).stat().st_size >= shard_max_bytes:
-                            shard += 1  # roll over to a new shard
-                finally:
-                    src_env.close()
-            new_kept += [(r["object_id"], r["content_hash"], r["label"], r["shard"]) for r in meta_rows]
-            new_dups += [(r["object_id"], r["kept_object_id"]) for r in dup_rows]
-            rej_rows = _rejections(rejected, gen_rej, state, new_rej, report)
-
-            def put(kind: str, table: pa.Table, **extra) -> None:
-                if table.num_rows:
-                    rel = part_name(kind, gen, n_part[kind])
-                    n_part[kind] += 1
-                    new_parts[kind].append(write_part(store_dir, rel, table, **extra))
-
-            put("harmonised", pa.Table.from_pylist(meta_rows, schema=HARMONISED_SCHEMA))
-            put("duplicates", pa.Table.from_pylist(dup_rows, schema=DUPLICATES_SCHEMA))
-            put("rejected", pa.Table.from_pylist(rej_rows, schema=REJECTED_SCHEMA))
-            if raw is not None and kept_of:
-                keep = pc.is_in(raw.column("object_id"), pa.array(list(kept_of)))
-                table = raw.filter(keep).drop_columns([SEQ])
-                table = table.set_column(table.schema.get_field_index("kept_object_id"), "kept_object_id",
-                                         pa.array([kept_of[o] for o in table.column("object_id").to_pylist()],
-                                                  pa.string()))
-                table = table.drop_columns([c for c in table.column_names if c not in _RAW_KEYS
-                                            and table.column(c).null_count == table.num_rows])
-                put("raw", table, source=info["source"])
-        if index is not None:
-            index.close()
-            index = None
-        idx = DedupIndex(store_dir, write=True)
-        try:
-            idx.stage(gen, new_kept, new_dups, new_rej)
-            for kind, parts in new_parts.items():
-                manifest["tables"][kind] = manifest["tables"].get(kind, []) + parts
-            _update_manifest(store_dir, manifest, infos, new_parts, shard_counts, codec_name, gen)
-            write_manifest(store_dir, manifest)  # the commit
-            idx.settle(gen)
-        finally:
-            idx.close()
-    finally:
-        if index is not None:
-            index.close()
-        for s in set(shard_counts):
-            close_env(shard_path(store_dir, s))
-    for d in sessions:
-        shutil.rmtree(d, ignore_errors=True)
-    journal = store_dir / JOURNAL
-    if journal.is_dir() and not any(journal.iterdir()):
-        journal.rmdir()
-    return report
+            c.add(d)
+        return c.finish()
 
 
 def _replay(records: pa.Table | None, state: _State, report: CommitReport):
-    """Serial decisions for one session's records: (kept rows, duplicate rows, clash rejections,
-    {object id: kept object id} for the raw rows)."""
-    meta_rows, dup_rows, rejections, kept_of = [], [], [], {}
+    """Serial decisions for one session's records: (kept rows as a harmonised table, duplicate
+    rows, clash rejections, {object id: kept object id} for the raw rows).
+
+    Only the three deciding columns go through Python; the kept rows are taken column-wise
+    (building a dict per row was half of a 100 000-record commit).
+    """
+    dup_rows, rejections, kept_of, take = [], [], {}, []
     if records is None:
-        return meta_rows, dup_rows, rejections, kept_of
-    for r in records.to_pylist():
-        oid, digest, label = r["object_id"], r["content_hash"], r["label"]
+        return HARMONISED_SCHEMA.empty_table(), dup_rows, rejections, kept_of
+    columns = (records.column(c).to_pylist() for c in ("object_id", "content_hash", "label"))
+    for i, (oid, digest, label) in enumerate(zip(*columns)):
         known = state.known(oid)
         if known is not None:
             if known[0] == "D" or known[1] == digest:
                 report.exists += 1
                 continue
+            r = records.slice(i, 1).to_pylist()[0]
             detail = f"{oid}: {_CLASH}"
             if r[FILE] and not detail.startswith(r[FILE]):
                 detail = f"{r[FILE]}: {r[RECORD]}: {detail}"
@@ -239,18 +286,19 @@ def _replay(records: pa.Table | None, state: _State, report: CommitReport):
         if kept is None:
             state.by_hash[digest] = (oid, label)
             state.by_id[oid] = ("K", digest)
-            meta_rows.append({k: r[k] for k in HARMONISED_SCHEMA.names})
+            take.append(i)
             kept_of[oid] = oid
             report.added += 1
         else:
             conflict = label is not None and kept[1] is not None and label != kept[1]
-            dup_rows.append({"object_id": oid, "kept_object_id": kept[0], "source": r["source"], "label": label,
-                             "kept_label": kept[1], "conflicting_label": conflict})
+            dup_rows.append({"object_id": oid, "kept_object_id": kept[0], "source": records.column("source")[i].as_py(),
+                             "label": label, "kept_label": kept[1], "conflicting_label": conflict})
             state.by_id[oid] = ("D", kept[0])
             kept_of[oid] = kept[0]
             report.duplicates += 1
             report.conflicting_labels += int(conflict)
-    return meta_rows, dup_rows, rejections, kept_of
+    kept_rows = records.take(pa.array(take, pa.int64())).select(HARMONISED_SCHEMA.names).cast(HARMONISED_SCHEMA)
+    return kept_rows, dup_rows, rejections, kept_of
 
 
 def _rejections(rejected: pa.Table | None, generated: list[dict], state: _State, new_keys: list[bytes],
@@ -273,19 +321,19 @@ def _current_shard(store_dir: Path, manifest: dict[str, Any]) -> int:
     return max(shards + [0])
 
 
-def _append_images(store_dir: Path, shard: int, rows: list[dict], src_env) -> None:
-    """Copy the blobs of *rows* (by content hash) from a session into shard *shard*, under
-    their object ids (one LMDB transaction)."""
+def _append_images(store_dir: Path, shard: int, object_ids: list[str], hashes: list[str], src_env) -> None:
+    """Copy the blobs of the objects (by content hash) from a session into shard *shard*,
+    under their object ids (one LMDB transaction)."""
     (store_dir / "images").mkdir(exist_ok=True)
     env = open_env(shard_path(store_dir, shard), write=True)
     psize = env.stat()["psize"]
     items = []
     with src_env.begin() as txn:
-        for r in rows:
-            blob = segments.read(txn, bytes.fromhex(r["content_hash"]))
+        for oid, digest in zip(object_ids, hashes):
+            blob = segments.read(txn, bytes.fromhex(digest))
             if blob is None:
-                raise FileNotFoundError(f"{src_env.path()}: staged image of {r['object_id']} is missing")
-            items += segments.split(r["object_id"].encode("utf-8"), bytes(blob), psize)
+                raise FileNotFoundError(f"{src_env.path()}: staged image of {oid} is missing")
+            items += segments.split(oid.encode("utf-8"), bytes(blob), psize)
     items.sort()
     with env.begin(write=True) as txn:
         cursor = txn.cursor()

@@ -133,6 +133,36 @@ def test_kill9_parallel_client_then_serial_rerun_equals_uninterrupted(uvp6, tmp_
     assert rep.ingested == 0 and rep.duplicates == 0  # idempotent
 
 
+def test_a_chunk_failing_after_earlier_chunks_were_merged_publishes_nothing(uvp6, m106, tmp_path, monkeypatch):
+    """Chunks are merged into the commit as they are staged: a failure in chunk 3 comes after
+    chunks 0-2 wrote their images and parts, yet the store stays at its last manifest, and the
+    re-run ends as an uninterrupted ingest."""
+    import aqqua_geo.ingest.folder as folder
+
+    store, ref = tmp_path / "failed", tmp_path / "ref"
+    for s in (store, ref):
+        ingest(m106 / "import_test", s, fmt="ecotaxa", progress=False)
+    before = (store / "manifest.json").read_bytes()
+    decode, calls = folder.decode_image, []
+
+    def failing(data, name):
+        calls.append(name)
+        if len(calls) == 350:  # in chunk 3 of 100 records
+            raise RuntimeError("disk gone")
+        return decode(data, name)
+
+    monkeypatch.setattr(folder, "decode_image", failing)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        ingest(uvp6, store, fmt="folder", constants=UVP6_CONSTANTS, chunk_records=100, progress=False)
+    assert (store / "manifest.json").read_bytes() == before
+    assert any((store / "tables" / "harmonised").glob("part-00000002-*"))  # merged, not listed
+    assert len(AqquaStore(store)) == len(AqquaStore(ref))
+    monkeypatch.setattr(folder, "decode_image", decode)
+    for s in (store, ref):
+        ingest(uvp6, s, fmt="folder", constants=UVP6_CONSTANTS, chunk_records=100, progress=False)
+    assert_same_store(store, ref)
+
+
 def test_index_keys_of_a_commit_killed_before_its_manifest_are_rolled_back(tmp_path):
     with StoreWriter(tmp_path, source="s", source_format="test") as w:
         w.add("a", np.ones((2, 2), np.uint8), _rec())
