@@ -145,8 +145,7 @@ class Commit:
         self.manifest.setdefault("tables", {k: [] for k in ("harmonised", "raw", "rejected", "duplicates")})
         self.gen = int(self.manifest.get("generation") or 0) + 1
         self.report = CommitReport(generation=self.gen)
-        self._index = DedupIndex(store_dir, write=True) if (store_dir / "index.lmdb").is_file() else None
-        self._state = _State(self._index)
+        self._state = _State(DedupIndex(store_dir, write=True) if (store_dir / "index.lmdb").is_file() else None)
         self.sessions: list[Path] = []
         self._n_part: Counter = Counter()
         self._new_parts: dict[str, list] = {k: [] for k in self.manifest["tables"]}
@@ -169,7 +168,7 @@ class Commit:
         if not (d / "session.json").is_file():
             return
         self.sessions.append(d)
-        store_dir, gen = self.store_dir, self.gen
+        store_dir = self.store_dir
         info, records, raw, rejected = _load_session(d)
         self._infos.append(info)
         kept, dup_rows, gen_rej, kept_of = _replay(records, self._state, self.report)
@@ -194,16 +193,9 @@ class Commit:
         self._new_kept += zip(oids, hashes, kept.column("label").to_pylist(), shards)
         self._new_dups += [(r["object_id"], r["kept_object_id"]) for r in dup_rows]
         rej_rows = _rejections(rejected, gen_rej, self._state, self._new_rej, self.report)
-
-        def put(kind: str, table: pa.Table, **extra) -> None:
-            if table.num_rows:
-                rel = part_name(kind, gen, self._n_part[kind])
-                self._n_part[kind] += 1
-                self._new_parts[kind].append(write_part(store_dir, rel, table, **extra))
-
-        put("harmonised", kept)
-        put("duplicates", pa.Table.from_pylist(dup_rows, schema=DUPLICATES_SCHEMA))
-        put("rejected", pa.Table.from_pylist(rej_rows, schema=REJECTED_SCHEMA))
+        self._put("harmonised", kept)
+        self._put("duplicates", pa.Table.from_pylist(dup_rows, schema=DUPLICATES_SCHEMA))
+        self._put("rejected", pa.Table.from_pylist(rej_rows, schema=REJECTED_SCHEMA))
         if raw is not None and kept_of:
             keep = pc.is_in(raw.column("object_id"), pa.array(list(kept_of)))
             table = raw.filter(keep).drop_columns([SEQ])
@@ -212,14 +204,20 @@ class Commit:
                                               pa.string()))
             table = table.drop_columns([c for c in table.column_names if c not in _RAW_KEYS
                                         and table.column(c).null_count == table.num_rows])
-            put("raw", table, source=info["source"])
+            self._put("raw", table, source=info["source"])
+
+    def _put(self, kind: str, table: pa.Table, **extra) -> None:
+        """Write *table* (if it has rows) as the next part of *kind* of this generation."""
+        if table.num_rows:
+            rel = part_name(kind, self.gen, self._n_part[kind])
+            self._n_part[kind] += 1
+            self._new_parts[kind].append(write_part(self.store_dir, rel, table, **extra))
 
     def finish(self) -> CommitReport:
         """Stage the index keys, write the manifest (the commit), settle the index, and remove
         the merged sessions' journals."""
         store_dir, manifest, gen = self.store_dir, self.manifest, self.gen
-        self._index = None  # the shared handle is upgraded to a writer below
-        idx = DedupIndex(store_dir, write=True)
+        idx = DedupIndex(store_dir, write=True)  # created here for a new store
         try:
             idx.stage(gen, self._new_kept, self._new_dups, self._new_rej)
             for kind, parts in self._new_parts.items():
