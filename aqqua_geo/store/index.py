@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -118,21 +119,25 @@ class DedupIndex:
 
         *kept*: (object id, hash, label, shard); *dups*: (object id, kept id).
         """
+        items: dict[str, list[tuple[bytes, bytes]]] = {"hash": [], "id": [], "rej": [], "pending": []}
+        for oid, digest, label, shard in kept:
+            k, h = oid.encode("utf-8", "surrogatepass"), bytes.fromhex(digest)
+            items["hash"].append((h, _pack_kept(oid, label)))
+            items["id"].append((k, b"K" + h + struct.pack("<i", shard)))
+            items["pending"] += [(b"h" + h, b""), (b"i" + k, b"")]
+        for oid, kept_id in dups:
+            k = oid.encode("utf-8", "surrogatepass")
+            items["id"].append((k, b"D" + kept_id.encode("utf-8", "surrogatepass")))
+            items["pending"].append((b"i" + k, b""))
+        for key in rejections:
+            items["rej"].append((key, b""))
+            items["pending"].append((b"r" + key, b""))
         with self.env.begin(write=True) as txn:
-            pend = txn.cursor(db=self.db["pending"])
-            for oid, digest, label, shard in kept:
-                k = oid.encode("utf-8", "surrogatepass")
-                txn.put(bytes.fromhex(digest), _pack_kept(oid, label), db=self.db["hash"])
-                txn.put(k, b"K" + bytes.fromhex(digest) + struct.pack("<i", shard), db=self.db["id"])
-                pend.put(b"h" + bytes.fromhex(digest), b"")
-                pend.put(b"i" + k, b"")
-            for oid, kept_id in dups:
-                k = oid.encode("utf-8", "surrogatepass")
-                txn.put(k, b"D" + kept_id.encode("utf-8", "surrogatepass"), db=self.db["id"])
-                pend.put(b"i" + k, b"")
-            for key in rejections:
-                txn.put(key, b"", db=self.db["rej"])
-                pend.put(b"r" + key, b"")
+            for name, pairs in items.items():
+                # Sorted, one putmulti per database: B-tree inserts in key order (same content
+                # as one put per key; later pairs of an equal key win, as they did).
+                pairs.sort(key=lambda kv: kv[0])
+                txn.cursor(db=self.db[name]).putmulti(pairs)
             txn.put(b"pending", str(generation).encode(), db=self.db["meta"])
 
     def settle(self, generation: int) -> None:
@@ -185,8 +190,21 @@ class DedupIndex:
             txn.put(b"generation", str(generation).encode(), db=self.db["meta"])
 
 
+# Characters json.dumps(ensure_ascii=False) escapes; text without them is written as is.
+_JSON_ESCAPED = re.compile(r'[\x00-\x1f\\"]')
+
+
 def _pack_kept(object_id: str, label: str | None) -> bytes:
-    return json.dumps([object_id, label], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    """``json.dumps([object_id, label], ensure_ascii=False)`` as UTF-8, byte for byte.
+
+    Formatted directly when neither string needs escaping: json.dumps was a third of a
+    commit's index stage (3.5 µs per object).
+    """
+    if _JSON_ESCAPED.search(object_id) is None and (label is None or _JSON_ESCAPED.search(label) is None):
+        text = f'["{object_id}", null]' if label is None else f'["{object_id}", "{label}"]'
+    else:
+        text = json.dumps([object_id, label], ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _unpack_kept(value) -> tuple[str, str | None]:

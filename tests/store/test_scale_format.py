@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aqqua_geo.ingest import ingest
 from aqqua_geo.store import AqquaStore, StoreWriter
 from aqqua_geo.store.commit import commit
-from aqqua_geo.store.index import DedupIndex
+from aqqua_geo.store.index import DedupIndex, _pack_kept, _unpack_kept
 from aqqua_geo.store.maintenance import compact, upgrade
 from aqqua_geo.store.writer import lock_store, unlock_store
 
@@ -173,6 +175,34 @@ def test_index_keys_of_a_commit_killed_before_its_manifest_are_rolled_back(tmp_p
         assert w.add("ghost", np.full((2, 2), 9, np.uint8), _rec()) == "added"
         assert w.add("g2", np.full((2, 2), 8, np.uint8), _rec()) == "added"
     assert AqquaStore(tmp_path).object_ids == ["a", "ghost", "g2"]
+
+
+_ID_TEXT = st.text(alphabet=st.characters(blacklist_categories=()), max_size=12)  # incl. surrogates
+
+
+@settings(max_examples=300, deadline=None)
+@given(object_id=_ID_TEXT, label=st.one_of(st.none(), _ID_TEXT))
+def test_kept_values_are_the_json_every_index_so_far_holds(object_id, label):
+    """The fast path writes json.dumps' bytes exactly, so old and new indexes hold one format."""
+    expected = json.dumps([object_id, label], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert _pack_kept(object_id, label) == expected
+    assert _unpack_kept(_pack_kept(object_id, label)) == (object_id, label)
+
+
+def test_stage_writes_every_key_and_its_pending_entry(tmp_path):
+    idx = DedupIndex(tmp_path, write=True)
+    kept = [(f"o{i}", f"{i:032x}", None if i % 2 else 'say "hi"', i % 3) for i in (5, 1, 3)]
+    idx.stage(1, kept, [("d1", "o1"), ("o5", "o3")], [b"r" * 16])  # a later id pair wins
+    assert idx.kept(f"{1:032x}") == ("o1", None) and idx.kept(f"{5:032x}") == ("o5", None)
+    assert idx.lookup_id("o3") == ("K", f"{3:032x}", 0)
+    assert idx.lookup_id("d1") == ("D", "", "o1") and idx.lookup_id("o5") == ("D", "", "o3")
+    assert idx.has_rejection(b"r" * 16)
+    with idx.env.begin(db=idx.db["pending"]) as txn:
+        assert txn.stat(idx.db["pending"])["entries"] == 3 + 4 + 1  # 3 hashes, 4 distinct ids, 1 rejection
+    idx.reconcile(0)  # never committed: everything staged is rolled back
+    assert idx.kept(f"{1:032x}") is None and not idx.has_rejection(b"r" * 16)
+    with pytest.raises(KeyError):
+        idx.lookup_id("d1")
 
 
 def test_version1_store_reads_and_upgrades(m106, tmp_path):
