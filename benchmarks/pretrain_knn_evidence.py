@@ -91,7 +91,8 @@ def plot_curves(logs: dict[int, "pd.DataFrame"], png: Path) -> None:
 
     cols = [("dino_global_crops_loss", "DINO global-crop loss"), ("ibot_loss", "iBOT loss"),
             ("diag_target_entropy", "teacher target entropy / log K"),
-            ("diag_teacher_cls_cos", "teacher CLS pairwise cosine")]
+            ("diag_teacher_cls_cos", "teacher CLS pairwise cosine"),
+            ("diag_view_retrieval", "view retrieval (2nd crop -> own 1st crop)")]
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.2))
     for ax, (col, title) in zip(axes, cols):
         for seed, log in logs.items():
@@ -124,7 +125,8 @@ def run_seed(args, seed: int, tmp: Path) -> tuple[dict, "pd.DataFrame"]:
               "dino_global_first": float(log["dino_global_crops_loss"].iloc[0]),
               "dino_global_last": float(log["dino_global_crops_loss"].iloc[-5:].mean()),
               "teacher_cls_cos_last": float(log["diag_teacher_cls_cos"].iloc[-5:].mean()),
-              "target_entropy_last": float(log["diag_target_entropy"].iloc[-5:].mean())}
+              "target_entropy_last": float(log["diag_target_entropy"].iloc[-5:].mean()),
+              "view_retrieval_last": float(log["diag_view_retrieval"].iloc[-5:].mean())}
     for name, model in (("ssl", load_backbone(out / "backbone.pt")), ("random", random_init_backbone(cfg))):
         emb = embed_images(model, images, pixel_sizes, pool="cls")
         knn = knn_scores(emb, labels, train, test)

@@ -195,34 +195,48 @@ class SSLMetaArch(nn.Module):
             terms["ibot_loss"] = self.ibot_cfg["loss_weight"] * ibot * 2.0 / n_g
         loss = sum(terms.values())
         loss.backward()
-        diagnostics = self._diagnostics(t_out["cls"].chunk(n_g)[0], torch.cat(list(t_dino)))
+        diagnostics = self._diagnostics(t_out["cls"].chunk(n_g), torch.cat(list(t_dino)))
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, **diagnostics}
 
     @torch.no_grad()
-    def _diagnostics(self, teacher_cls: Tensor, teacher_targets: Tensor) -> dict[str, Tensor]:
+    def _diagnostics(self, teacher_cls: tuple[Tensor, ...], teacher_targets: Tensor) -> dict[str, Tensor]:
         """Collapse indicators of this step (logged with prefix ``diag_``; not back-propagated).
 
+        *teacher_cls*: the teacher's backbone CLS tokens, one ``(B, D)`` chunk per global crop.
         ``diag_teacher_cls_cos``: mean pairwise cosine of the teacher's backbone CLS tokens
         across the images of one global crop (→ 1 when every image gets the same CLS);
+        ``diag_view_cos_gap``: mean cosine between the two global crops of one image minus
+        that between crops of different images (0: the views of an image are no closer than
+        two images, so no view can predict the other); ``diag_view_retrieval``: share of
+        images whose second global crop's nearest first-crop CLS is their own (chance 1/B);
         ``diag_target_entropy``: mean entropy of the teacher's DINO targets, in units of
         log K (1 = uniform targets that teach nothing); ``diag_target_max``: their mean
         largest probability; ``diag_center_norm``: norm of the softmax-centring EMA (0 with
         Sinkhorn-Knopp); ``diag_layerscale``: mean |γ| of the student's LayerScales (the
         effective weight of the residual branches; 1 without LayerScale).
         """
-        n = teacher_cls.shape[0]
-        x = torch.nn.functional.normalize(teacher_cls.float(), dim=-1)
+        x = torch.nn.functional.normalize(teacher_cls[0].float(), dim=-1)
+        n = x.shape[0]
         sim = x @ x.t()
         off = (sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1)
+        gap = retrieval = off.new_zeros(())
+        if len(teacher_cls) > 1 and n > 1:
+            y = torch.nn.functional.normalize(teacher_cls[1].float(), dim=-1)
+            cross = y @ x.t()
+            same = cross.diagonal().mean()
+            gap = same - (cross.sum() - cross.diagonal().sum()) / (n * (n - 1))
+            retrieval = (cross.argmax(dim=1) == torch.arange(n, device=cross.device)).float().mean()
         p = teacher_targets.float().clamp_min(1e-12)
         entropy = -(p * p.log()).sum(dim=-1).mean() / math.log(p.shape[-1])
         # FSDP shards parameters as DTensors: the local shard's mean (averaged over ranks when logged)
         gammas = [_local(m.gamma).detach().abs().mean() for m in _unwrap(self.student["backbone"]).modules()
                   if hasattr(m, "gamma") and isinstance(m.gamma, Tensor)]
         center = getattr(self, "dino_center", None)
-        one = teacher_cls.new_ones((), dtype=torch.float32)
+        one = x.new_ones((), dtype=torch.float32)
         return {
             "diag_teacher_cls_cos": off,
+            "diag_view_cos_gap": gap,
+            "diag_view_retrieval": retrieval,
             "diag_target_entropy": entropy,
             "diag_target_max": p.max(dim=-1).values.mean(),
             "diag_center_norm": _local(center.center).norm() if center is not None else one * 0.0,

@@ -157,6 +157,24 @@ def test_dino_bookkeeping_matches_dinov2():
     assert float(out["ibot_loss"]) == 0.0 and float(out["koleo_loss"]) == 0.0
 
 
+def test_view_diagnostics_see_identical_and_unrelated_views():
+    """diag_view_retrieval = 1 and diag_view_cos_gap > 0 when both global crops of each image are
+    the same picture; about chance with unrelated pictures."""
+    torch.manual_seed(0)
+    arch = SSLMetaArch(_cfg(model={"layerscale": None})).train()  # 1e-5: every CLS is the same at init
+    b = 12
+    g = torch.Generator().manual_seed(3)
+    first = [torch.randn(1, 12, 8, generator=g) * (1 + i) for i in range(b)]
+    same = {**_batch(b=b), "global": pack_images(first + first, [1.0] * 2 * b, 4, 200)}
+    same["masks"] = torch.zeros(same["global"].n_tokens, dtype=torch.bool)
+    out = arch.forward_backward(same, teacher_temp=0.07)
+    assert float(out["diag_view_retrieval"]) == 1.0 and float(out["diag_view_cos_gap"]) > 0
+    other = [torch.randn(1, 12, 8, generator=g) * (1 + i) for i in reversed(range(b))]
+    unrelated = {**same, "global": pack_images(first + other, [1.0] * 2 * b, 4, 200)}
+    out = arch.forward_backward(unrelated, teacher_temp=0.07)
+    assert float(out["diag_view_retrieval"]) <= 3 / b
+
+
 def test_no_masked_patch_and_no_local_crops():
     torch.manual_seed(0)
     arch = SSLMetaArch(_cfg()).train()
