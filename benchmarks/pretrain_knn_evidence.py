@@ -12,6 +12,9 @@ table per seed and the means, writes ``knn_evidence.csv`` and ``loss_curves.png`
 iBOT losses, teacher-target entropy, teacher CLS cosine) into ``--out``.
 
     python benchmarks/pretrain_knn_evidence.py --config cpu --seeds 0 1 2 --out runs/knn_evidence
+
+``--extra-uvp5 ../shared/data/uvp5_morphr`` adds that folder's unlabelled UVP5 vignettes to every
+pretraining set (evaluation unchanged): does more, other-instrument data help?
 """
 
 from __future__ import annotations
@@ -36,15 +39,36 @@ from aqqua_geo.foundation.ssl_meta_arch import SSLMetaArch
 from aqqua_geo.foundation.train import pretrain
 from aqqua_geo.store import AqquaStore, StoreWriter
 
+#: unlabelled UVP5 vignettes of ../shared/data/uvp5_morphr (GreenEdge 2016; SOURCES.md): EcoTaxa
+#: style, dark organism on white, no pixel size anywhere; inverted to the UVP6 look (bright organism
+#: on dark water) and given an assumed UVP5 HD pixel size
+UVP5_ASSUMED_PIXEL_UM = 94.0
 
-def copy_subset(store: AqquaStore, rows: np.ndarray, dst: Path) -> Path:
-    """Write the objects at *rows* of *store* into a new store at *dst*."""
+
+def uvp5_unlabelled(folder: Path) -> list[tuple[str, np.ndarray]]:
+    """(object id, inverted grey vignette) for every JPEG under *folder* (recursively)."""
+    from PIL import Image
+
+    files = sorted(folder.rglob("*.jpg"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .jpg vignettes")
+    return [(f"uvp5_{f.parent.name}_{f.stem}", 255 - np.asarray(Image.open(f).convert("L"))) for f in files]
+
+
+def copy_subset(store: AqquaStore, rows: np.ndarray, dst: Path,
+                extra: list[tuple[str, np.ndarray]] = ()) -> Path:
+    """Write the objects at *rows* of *store*, then the unlabelled *extra* vignettes (with the
+    first object's place and date, UVP5 and its assumed pixel size), into a new store at *dst*."""
     fields = ("instrument", "sample_id", "datetime", "lat", "lon", "depth_min", "depth_max", "pixel_size_um",
               "sampled_volume_l", "label", "label_status")
     with StoreWriter(dst, source="uvp6_train_split", source_format="store", source_path=str(store.path)) as w:
         for i in rows:
             record = store.record(int(i))
             w.add(record["object_id"], store[int(i)], {k: record[k] for k in fields})
+        first = store.record(int(rows[0]))
+        for oid, image in extra:
+            w.add(oid, image, {**{k: first[k] for k in fields}, "instrument": "UVP5", "sample_id": "uvp5_morphr",
+                               "pixel_size_um": UVP5_ASSUMED_PIXEL_UM, "label": None, "label_status": None})
     return dst
 
 
@@ -111,7 +135,8 @@ def run_seed(args, seed: int, tmp: Path) -> tuple[dict, "pd.DataFrame"]:
     labels = store.metadata["label"].to_numpy()
     rows = np.arange(len(store))
     train, test = train_test_split(rows, test_size=args.test_size, stratify=labels, random_state=seed)
-    train_store = copy_subset(store, np.sort(train), tmp / f"train_{seed}")
+    extra = uvp5_unlabelled(args.extra_uvp5) if args.extra_uvp5 else []
+    train_store = copy_subset(store, np.sort(train), tmp / f"train_{seed}", extra)
     out = (args.out / f"seed{seed}") if args.out else tmp / f"run_{seed}"
     cfg = load_config(args.config, [f"train.max_steps={args.max_steps}", f"train.max_minutes={args.max_minutes}",
                                     f"train.seed={seed}", "train.checkpoint_every=100000", *args.override])
@@ -148,6 +173,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="run folder (curves PNG, per-seed runs)")
     ap.add_argument("--override", action="append", default=[], help="extra config overrides")
+    ap.add_argument("--extra-uvp5", type=Path, default=None,
+                    help="also pretrain on the unlabelled UVP5 vignettes under this folder "
+                         "(e.g. ../shared/data/uvp5_morphr); evaluation unchanged")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -163,8 +191,9 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out / "knn_evidence.csv", index=False)
         plot_curves(logs, args.out / "loss_curves.png")
+    extra = f" + the UVP5 vignettes of {args.extra_uvp5}" if args.extra_uvp5 else ""
     print(f"\nkNN evidence: {args.config} config ({' '.join(args.override) or 'no overrides'}), "
-          f"{len(args.seeds)} seeds; pretrained on each seed's training split only (labels unused); "
+          f"{len(args.seeds)} seeds; pretrained on each seed's training split only{extra} (labels unused); "
           "kNN k=20 cosine T=0.07 / linear probe / morphometric random forest, held-out split")
     cols = ["seed", "steps", "minutes", "dino_global_first", "dino_global_last", "teacher_cls_cos_last",
             "target_entropy_last", "ssl_knn", "random_knn", "ssl_linear", "random_linear", "rf_morphometrics"]
