@@ -208,7 +208,8 @@ class SSLMetaArch(nn.Module):
         ``diag_view_cos_gap``: mean cosine between the two global crops of one image minus
         that between crops of different images (0: the views of an image are no closer than
         two images, so no view can predict the other); ``diag_view_retrieval``: share of
-        images whose second global crop's nearest first-crop CLS is their own (chance 1/B);
+        images whose second global crop's nearest first-crop CLS is their own (chance 1/B; both NaN
+        with one global crop);
         ``diag_target_entropy``: mean entropy of the teacher's DINO targets, in units of
         log K (1 = uniform targets that teach nothing); ``diag_target_max``: their mean
         largest probability; ``diag_center_norm``: norm of the softmax-centring EMA (0 with
@@ -219,7 +220,7 @@ class SSLMetaArch(nn.Module):
         n = x.shape[0]
         sim = x @ x.t()
         off = (sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1)
-        gap = retrieval = off.new_zeros(())
+        gap = retrieval = off.new_full((), float("nan"))  # one global crop: nothing to compare
         if len(teacher_cls) > 1 and n > 1:
             y = torch.nn.functional.normalize(teacher_cls[1].float(), dim=-1)
             cross = y @ x.t()

@@ -173,6 +173,8 @@ def test_view_diagnostics_see_identical_and_unrelated_views():
     unrelated = {**same, "global": pack_images(first + other, [1.0] * 2 * b, 4, 200)}
     out = arch.forward_backward(unrelated, teacher_temp=0.07)
     assert float(out["diag_view_retrieval"]) <= 3 / b
+    one_crop = arch.forward_backward(_batch(b=4, n_g=1), teacher_temp=0.07)
+    assert math.isnan(float(one_crop["diag_view_retrieval"])) and math.isnan(float(one_crop["diag_view_cos_gap"]))
 
 
 def test_no_masked_patch_and_no_local_crops():
