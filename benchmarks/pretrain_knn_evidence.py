@@ -9,7 +9,7 @@ randomly initialised backbone (same seed, same architecture, rebuilt exactly as
 (k=20, T=0.07, DINOv2's protocol) and a linear probe fitted on the training split are scored
 on the held-out split, beside the morphometric random forest on the same split. Prints a
 table per seed and the means, writes ``knn_evidence.csv`` and ``loss_curves.png`` (DINO and
-iBOT losses, teacher-target entropy, teacher CLS cosine) into ``--out``.
+iBOT losses, teacher-target entropy, teacher CLS cosine, view retrieval) into ``--out``.
 
     python benchmarks/pretrain_knn_evidence.py --config cpu --seeds 0 1 2 --out runs/knn_evidence
 
@@ -196,7 +196,8 @@ def main() -> None:
           f"{len(args.seeds)} seeds; pretrained on each seed's training split only{extra} (labels unused); "
           "kNN k=20 cosine T=0.07 / linear probe / morphometric random forest, held-out split")
     cols = ["seed", "steps", "minutes", "dino_global_first", "dino_global_last", "teacher_cls_cos_last",
-            "target_entropy_last", "ssl_knn", "random_knn", "ssl_linear", "random_linear", "rf_morphometrics"]
+            "target_entropy_last", "view_retrieval_last", "ssl_knn", "random_knn", "ssl_linear", "random_linear",
+            "rf_morphometrics"]
     print(table[cols].round(3).to_string(index=False))
     mean = table.mean(numeric_only=True)
     print(f"mean: SSL kNN {mean['ssl_knn']:.3f} vs random init {mean['random_knn']:.3f} "
