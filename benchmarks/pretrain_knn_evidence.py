@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def uvp5_unlabelled(folder: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def copy_subset(store: AqquaStore, rows: np.ndarray, dst: Path,
-                extra: list[tuple[str, np.ndarray]] = ()) -> Path:
+                extra: Sequence[tuple[str, np.ndarray]] = ()) -> Path:
     """Write the objects at *rows* of *store*, then the unlabelled *extra* vignettes (with the
     first object's place and date, UVP5 and its assumed pixel size), into a new store at *dst*."""
     fields = ("instrument", "sample_id", "datetime", "lat", "lon", "depth_min", "depth_max", "pixel_size_um",
@@ -65,7 +66,7 @@ def copy_subset(store: AqquaStore, rows: np.ndarray, dst: Path,
         for i in rows:
             record = store.record(int(i))
             w.add(record["object_id"], store[int(i)], {k: record[k] for k in fields})
-        first = store.record(int(rows[0]))
+        first = store.record(int(rows[0])) if extra else None
         for oid, image in extra:
             w.add(oid, image, {**{k: first[k] for k in fields}, "instrument": "UVP5", "sample_id": "uvp5_morphr",
                                "pixel_size_um": UVP5_ASSUMED_PIXEL_UM, "label": None, "label_status": None})
@@ -130,12 +131,11 @@ def plot_curves(logs: dict[int, "pd.DataFrame"], png: Path) -> None:
     plt.close(fig)
 
 
-def run_seed(args, seed: int, tmp: Path) -> tuple[dict, "pd.DataFrame"]:
+def run_seed(args, seed: int, tmp: Path, extra: Sequence[tuple[str, np.ndarray]] = ()) -> tuple[dict, "pd.DataFrame"]:
     store = AqquaStore(write_uvp6_store(tmp / f"all_{seed}"))
     labels = store.metadata["label"].to_numpy()
     rows = np.arange(len(store))
     train, test = train_test_split(rows, test_size=args.test_size, stratify=labels, random_state=seed)
-    extra = uvp5_unlabelled(args.extra_uvp5) if args.extra_uvp5 else []
     train_store = copy_subset(store, np.sort(train), tmp / f"train_{seed}", extra)
     out = (args.out / f"seed{seed}") if args.out else tmp / f"run_{seed}"
     cfg = load_config(args.config, [f"train.max_steps={args.max_steps}", f"train.max_minutes={args.max_minutes}",
@@ -180,9 +180,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     results, logs = [], {}
+    extra_images = uvp5_unlabelled(args.extra_uvp5) if args.extra_uvp5 else []  # read once, every seed adds them
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            result, logs[seed] = run_seed(args, seed, Path(tmp))
+            result, logs[seed] = run_seed(args, seed, Path(tmp), extra_images)
             results.append(result)
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in result.items()), flush=True)

@@ -62,6 +62,12 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def _off_diagonal_mean(sim: Tensor) -> Tensor:
+    """Mean of the off-diagonal entries of a square matrix (0 for a 1 × 1 one)."""
+    n = sim.shape[0]
+    return (sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1)
+
+
 def _local(t: Tensor) -> Tensor:
     """The local shard of an FSDP DTensor parameter (the tensor itself otherwise)."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -218,14 +224,12 @@ class SSLMetaArch(nn.Module):
         """
         x = torch.nn.functional.normalize(teacher_cls[0].float(), dim=-1)
         n = x.shape[0]
-        sim = x @ x.t()
-        off = (sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1)
+        off = _off_diagonal_mean(x @ x.t())
         gap = retrieval = off.new_full((), float("nan"))  # one global crop: nothing to compare
         if len(teacher_cls) > 1 and n > 1:
             y = torch.nn.functional.normalize(teacher_cls[1].float(), dim=-1)
             cross = y @ x.t()
-            same = cross.diagonal().mean()
-            gap = same - (cross.sum() - cross.diagonal().sum()) / (n * (n - 1))
+            gap = cross.diagonal().mean() - _off_diagonal_mean(cross)
             retrieval = (cross.argmax(dim=1) == torch.arange(n, device=cross.device)).float().mean()
         p = teacher_targets.float().clamp_min(1e-12)
         entropy = -(p * p.log()).sum(dim=-1).mean() / math.log(p.shape[-1])
