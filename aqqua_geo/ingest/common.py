@@ -104,12 +104,27 @@ class SourceTree:
         self._zip = zipfile.ZipFile(self.src) if self.src.is_file() and zipfile.is_zipfile(self.src) else None
         if self._zip is None and not self.src.is_dir():
             raise ValueError(f"{src}: expected a folder or a .zip archive")
+        self._entries: dict[str, str] | None = None  # archive: normalised name → entry name
         if self._zip is not None:
             self._names = sorted({_normalise(n) for n in self._zip.namelist() if not n.endswith("/")} - {""})
             self._entries = {_normalise(n): n for n in self._zip.namelist() if not n.endswith("/")}
         else:
             self._names = self._walk(follow_symlinks)
         self._name_set = set(self._names)
+
+    def __getstate__(self) -> dict:
+        """The listing without the open archive (a parallel ingest ships the tree to its
+        workers once instead of every worker listing the folder again)."""
+        state = self.__dict__.copy()
+        state["_zip"] = None
+        del state["_name_set"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._name_set = set(self._names)
+        if self._entries is not None:
+            self._zip = zipfile.ZipFile(self.src)
 
     def _walk(self, follow_symlinks: bool) -> list[str]:
         # os.scandir's entries know their type without a stat: listing 100 000 files took 2.0 s

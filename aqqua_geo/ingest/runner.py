@@ -132,15 +132,16 @@ def _store_state(store_dir: str | Path | None) -> tuple[dict[str, str], dict[str
 _TREES: dict[tuple, SourceTree] = {}
 
 
-def _tree(src: Path, follow_symlinks: bool, run: str | None) -> SourceTree:
+def _tree(src: Path, follow_symlinks: bool, run: str | None, listed: SourceTree | None = None) -> SourceTree:
     """The source's file tree, listed once per process and ingest run *run* (every chunk of an
-    ingest walks the same tree; listing 20 000 files costs ~1 s); None: list it again."""
+    ingest walks the same tree; listing 20 000 files costs ~1 s); None: list it again.
+    *listed*: the run's listing, shipped by the client to a Dask worker (kept for the run)."""
     if run is None:
         return SourceTree(src, follow_symlinks=follow_symlinks)
     key = (str(src.resolve()), follow_symlinks, run)
     if key not in _TREES:
         _TREES.clear()
-        _TREES[key] = SourceTree(src, follow_symlinks=follow_symlinks)
+        _TREES[key] = listed if listed is not None else SourceTree(src, follow_symlinks=follow_symlinks)
     return _TREES[key]
 
 
@@ -190,12 +191,16 @@ CHUNK_RECORDS = 2048
 
 
 def _chunk(src, fmt, store_dir, source, chunk, chunk_records, constants, raw_constants, strict, batch_size, codec,
-           options, progress=False) -> dict[str, Any]:
+           options, progress=False, listed: SourceTree | None = None) -> dict[str, Any]:
     """Stage the records ``chunk*chunk_records ..`` of the source as one writer session.
 
     Runs in-process (serial ingest) or on a Dask worker; every chunk parses the (cheap)
     metadata stream and decodes only its own images, so chunks need no format-specific split.
+    *listed*: the source's file listing made by the client (a worker then does not list the
+    folder again: on a parallel file system that is the slow part).
     """
+    if listed is not None:
+        _tree(Path(src), bool(options.get("follow_symlinks")), options.get("_run"), listed)
     from tqdm.auto import tqdm
 
     from aqqua_geo.store import StoreWriter
@@ -259,7 +264,12 @@ def _dask_client(workers: int | None, scheduler: str | None):
 
     if scheduler:
         return Client(scheduler), None
-    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
+    import dask
+
+    # no dashboard, so nobody reads the workers' statistical profiler: it samples every stack
+    # each 10 ms, CPU taken from the staging on a small machine
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
     return Client(cluster), cluster
 
 
@@ -285,8 +295,11 @@ def _staged(args, rest, n_chunks: int, client, progress: bool):
         for k in range(n_chunks):
             yield _chunk(*args, k, *rest, progress=progress)
         return
-    source = args[3]
-    futures = [client.submit(_chunk, *args, k, *rest, key=f"aqqua-ingest-{source}-{k}", pure=False)
+    src, source, options = args[0], args[3], rest[-1]
+    # the listing the count made, sent to each worker once (a future: not pickled per chunk)
+    listed = client.scatter(_tree(Path(src), bool(options.get("follow_symlinks")), options.get("_run")),
+                            broadcast=True, hash=False)
+    futures = [client.submit(_chunk, *args, k, *rest, listed=listed, key=f"aqqua-ingest-{source}-{k}", pure=False)
                for k in range(n_chunks)]
     for future in futures:
         yield future.result()

@@ -121,6 +121,9 @@ class InvalidRecord(ValueError):
         self.detail = detail
         self.reasons = tuple(reasons) if reasons else (reason,)
 
+    def __reduce__(self):  # pickles with its reason (a Dask worker raises it, the client reads it)
+        return type(self), (self.reason, self.detail, self.reasons)
+
     @classmethod
     def combine(cls, problems: list[InvalidRecord]) -> InvalidRecord:
         """One error carrying every problem of a record: the first reason, all details."""

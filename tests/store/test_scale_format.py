@@ -66,6 +66,40 @@ def test_parallel_ingest_equals_serial(uvp6, m106, tmp_path):
     assert_same_store(serial, one)
 
 
+def test_source_tree_travels_to_workers_as_listed(m106, tmp_path):
+    """The client's listing is what workers read (pickled once, an archive reopened there):
+    same names, same refused links, same bytes; a zipped source ingests in parallel as in series."""
+    import os
+    import pickle
+    import zipfile
+
+    from aqqua_geo.ingest.common import InvalidRecord, SourceTree
+
+    folder = tmp_path / "src"
+    shutil.copytree(m106 / "ref_exports/doi", folder)
+    os.symlink(tmp_path / "nowhere.png", folder / "dangling.png")
+    zpath = tmp_path / "doi.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for p in (m106 / "ref_exports/doi").rglob("*"):
+            if p.is_file():
+                z.write(p, p.relative_to(m106 / "ref_exports/doi").as_posix())
+    for src in (folder, zpath):
+        tree = SourceTree(src)
+        copy = pickle.loads(pickle.dumps(tree))
+        assert copy.files() == tree.files() and copy.files()
+        assert all(copy.exists(n) for n in tree.files())
+        name = next(n for n in tree.files() if n.endswith(".tsv"))
+        assert copy.read_bytes(name) == tree.read_bytes(name)
+    with pytest.raises(InvalidRecord, match="dangling symbolic link"):
+        pickle.loads(pickle.dumps(SourceTree(folder))).read_bytes("dangling.png")
+    serial, par = tmp_path / "serial", tmp_path / "par"
+    rs = ingest(zpath, serial, fmt="ecotaxa", source="doi", chunk_records=4, progress=False)
+    rp = ingest(zpath, par, fmt="ecotaxa", source="doi", chunk_records=4, workers=2, progress=False)
+    assert (rp.records, rp.ingested, rp.duplicates) == (rs.records, rs.ingested, rs.duplicates)
+    assert rs.records == 12 and rs.duplicates  # 12 records in 3 chunks, duplicates among them
+    assert_same_store(serial, par)
+
+
 def _stage(store: Path, name: str, items) -> Path:
     with StoreWriter(store, source="s", source_format="test", session=name, publish=False) as w:
         for oid, img, rec in items:
