@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -282,10 +283,23 @@ def _close_client(client, cluster) -> None:
 
 @contextmanager
 def _closing_client(client, cluster):
+    """Close the Dask client (and its cluster) on exit; ``release()`` starts closing it in a
+    thread as soon as the workers are no longer needed, so the shutdown (~0.3 s for a
+    LocalCluster) overlaps the commit's last steps instead of following them."""
+    closing: list[threading.Thread] = []
+
+    def release() -> None:
+        if client is not None and not closing:
+            closing.append(threading.Thread(target=_close_client, args=(client, cluster), daemon=True))
+            closing[0].start()
+
     try:
-        yield
+        yield release
     finally:
-        _close_client(client, cluster)
+        if closing:
+            closing[0].join()
+        else:
+            _close_client(client, cluster)
 
 
 def _staged(args, rest, n_chunks: int, client, progress: bool):
@@ -361,8 +375,10 @@ def _ingest_chunks(report, src, fmt, store_dir, source, constants, raw_constants
         sessions = [store_dir / JOURNAL / session_name(source, k) for k in range(n_chunks)]
         # each chunk's session is merged as soon as it is staged (in chunk order), so on a cluster
         # the merge overlaps the staging of later chunks; the manifest is written once, at the end
-        with _closing_client(client, cluster), Commit(store_dir, codec_name=codec) as committer:
+        with _closing_client(client, cluster) as release_workers, Commit(store_dir, codec_name=codec) as committer:
             for k, part in enumerate(_staged(args, rest, n_chunks, client, progress)):
+                if k == n_chunks - 1:
+                    release_workers()  # every chunk is staged
                 report.records += part["records"]
                 report.rejected_by_reason.update(part["rejected_by_reason"])
                 report.rejections += part["rejections"]
