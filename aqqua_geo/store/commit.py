@@ -155,6 +155,9 @@ class Commit:
         self._shard = _current_shard(store_dir, self.manifest)
         self._shard_counts: Counter = Counter()
         self._infos: list[dict] = []
+        #: rows of this commit per source, by table (what the manifest's counts add up)
+        self._counts: dict[str, Counter] = {k: Counter() for k in ("harmonised", "rejected", "duplicates")}
+        self._instruments: Counter = Counter()
 
     def __enter__(self) -> Commit:
         return self
@@ -207,11 +210,16 @@ class Commit:
             self._put("raw", table, source=info["source"])
 
     def _put(self, kind: str, table: pa.Table, **extra) -> None:
-        """Write *table* (if it has rows) as the next part of *kind* of this generation."""
+        """Write *table* (if it has rows) as the next part of *kind* of this generation, and
+        count its rows per source (and instrument) for the manifest."""
         if table.num_rows:
             rel = part_name(kind, self.gen, self._n_part[kind])
             self._n_part[kind] += 1
             self._new_parts[kind].append(write_part(self.store_dir, rel, table, **extra))
+            if kind in self._counts:
+                self._counts[kind].update(table.column("source").to_pylist())
+            if kind == "harmonised":
+                self._instruments.update(table.column("instrument").to_pylist())
 
     def finish(self) -> CommitReport:
         """Stage the index keys, write the manifest (the commit), settle the index, and remove
@@ -222,8 +230,8 @@ class Commit:
             idx.stage(gen, self._new_kept, self._new_dups, self._new_rej)
             for kind, parts in self._new_parts.items():
                 manifest["tables"][kind] = manifest["tables"].get(kind, []) + parts
-            _update_manifest(store_dir, manifest, self._infos, self._new_parts, self._shard_counts,
-                             self.codec_name, gen)
+            _update_manifest(store_dir, manifest, self._infos, self._new_parts, self._counts, self._instruments,
+                             self._shard_counts, self.codec_name, gen)
             write_manifest(store_dir, manifest)  # the commit
             idx.settle(gen)
         finally:
@@ -343,20 +351,18 @@ def _append_images(store_dir: Path, shard: int, object_ids: list[str], hashes: l
 
 
 def _update_manifest(store_dir: Path, m: dict[str, Any], infos: list[dict], new_parts: dict[str, list],
-                     shard_counts: Counter, codec_name: str | None, gen: int) -> None:
-    """Counts, sources, shards and the commit record, updated from the new parts only."""
+                     new_rows: dict[str, Counter], new_instruments: Counter, shard_counts: Counter,
+                     codec_name: str | None, gen: int) -> None:
+    """Counts, sources, shards and the commit record, updated from the new parts only
+    (*new_rows*: their rows per source by table; *new_instruments*: kept rows per instrument)."""
     counts = m.setdefault("counts", {})
     by_inst, by_src = Counter(counts.get("by_instrument", {})), Counter(counts.get("by_source", {}))
+    by_inst.update(new_instruments)
+    by_src.update(new_rows["harmonised"])
     per_source: dict[str, Counter] = {}
     for kind, col in (("harmonised", "n_ingested"), ("rejected", "n_rejected"), ("duplicates", "n_duplicates")):
-        for p in new_parts[kind]:
-            cols = ["source", "instrument"] if kind == "harmonised" else ["source"]
-            t = pq.read_table(store_dir / p["file"], columns=cols)
-            for src, n in Counter(t.column("source").to_pylist()).items():
-                per_source.setdefault(src, Counter())[col] += n
-            if kind == "harmonised":
-                by_inst.update(t.column("instrument").to_pylist())
-                by_src.update(t.column("source").to_pylist())
+        for src, n in new_rows[kind].items():
+            per_source.setdefault(src, Counter())[col] += n
     rows = {k: sum(p["rows"] for p in new_parts[k]) for k in new_parts}
     counts.update(objects=int(counts.get("objects", 0)) + rows["harmonised"],
                   rejected=int(counts.get("rejected", 0)) + rows["rejected"],
