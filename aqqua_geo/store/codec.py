@@ -7,11 +7,13 @@ ZooScan, IFCB and FlowCam vignettes (its codec table; figures in README's data-f
 section). What it found, and why the codecs are what they are:
 
 * ``zstd`` (default): rows predicted from the row above (PNG's "Up" filter, residuals mod 256)
-  then a zstd level-15 frame: ~0.96x the PNG bytes, ~23 µs decode — store random reads stay
-  >5x faster than reading PNG files. Written with the ``zstandard`` package rather than
-  blosc2's ZSTD because blosc2 creates a zstd context per small chunk (measured: ~30 µs
-  decode for the same frame; its SHUFFLE(typesize=width)+BYTEDELTA vertical predictor
-  reached only 1.02x PNG at ZSTD-9).
+  then a zstd level-15 frame: ~0.97x the PNG bytes (the blobs; the whole store is ~1.25x, LMDB
+  pages and tables included), ~20-25 µs decode — store random reads ~3.5-3.9x faster than
+  reading PNG files. A zstd dictionary trained on 2000 other images of the benchmark saves
+  only 3 % more (0.938x with 64 KiB, 2026-12-04), so none is used. Written with the
+  ``zstandard`` package rather than blosc2's ZSTD because blosc2 creates a zstd context per
+  small chunk (measured: ~30 µs decode for the same frame; its SHUFFLE(typesize=width)+
+  BYTEDELTA vertical predictor reached only 1.02x PNG at ZSTD-9).
 * ``lz4hc``: blosc2 LZ4HC-6 on raw pixels: ~1.45x the PNG bytes, ~11 µs decode, 5-10x faster
   encode — for scratch stores where ingest speed matters more than bytes. Predictors do not
   help LZ4 (its literals are not entropy-coded).
