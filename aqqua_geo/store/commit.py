@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from aqqua_geo.store import codec, segments
 from aqqua_geo.store.envs import close_env, open_env
-from aqqua_geo.store.index import DedupIndex, rejection_key
+from aqqua_geo.store.index import DedupIndex, IndexKeys, rejection_key
 from aqqua_geo.store.layout import (
     DEFAULT_SHARD_BYTES,
     FILE,
@@ -149,9 +149,7 @@ class Commit:
         self.sessions: list[Path] = []
         self._n_part: Counter = Counter()
         self._new_parts: dict[str, list] = {k: [] for k in self.manifest["tables"]}
-        self._new_kept: list[tuple] = []
-        self._new_dups: list[tuple] = []
-        self._new_rej: list[bytes] = []
+        self._index_keys = IndexKeys()
         self._shard = _current_shard(store_dir, self.manifest)
         self._shard_counts: Counter = Counter()
         self._infos: list[dict] = []
@@ -193,9 +191,10 @@ class Commit:
                 src_env.close()
         kept = kept.set_column(kept.schema.get_field_index("shard"), HARMONISED_SCHEMA.field("shard"),
                                pa.array(shards, pa.int32()))
-        self._new_kept += zip(oids, hashes, kept.column("label").to_pylist(), shards)
-        self._new_dups += [(r["object_id"], r["kept_object_id"]) for r in dup_rows]
-        rej_rows = _rejections(rejected, gen_rej, self._state, self._new_rej, self.report)
+        new_rej: list[bytes] = []
+        rej_rows = _rejections(rejected, gen_rej, self._state, new_rej, self.report)
+        self._index_keys.add(zip(oids, hashes, kept.column("label").to_pylist(), shards),
+                             [(r["object_id"], r["kept_object_id"]) for r in dup_rows], new_rej)
         self._put("harmonised", kept)
         self._put("duplicates", pa.Table.from_pylist(dup_rows, schema=DUPLICATES_SCHEMA))
         self._put("rejected", pa.Table.from_pylist(rej_rows, schema=REJECTED_SCHEMA))
@@ -227,7 +226,7 @@ class Commit:
         store_dir, manifest, gen = self.store_dir, self.manifest, self.gen
         idx = DedupIndex(store_dir, write=True)  # created here for a new store
         try:
-            idx.stage(gen, self._new_kept, self._new_dups, self._new_rej)
+            idx.stage_keys(gen, self._index_keys)
             for kind, parts in self._new_parts.items():
                 manifest["tables"][kind] = manifest["tables"].get(kind, []) + parts
             _update_manifest(store_dir, manifest, self._infos, self._new_parts, self._counts, self._instruments,

@@ -66,6 +66,32 @@ def release(store_dir: str | Path) -> None:
         cached[0].close()
 
 
+class IndexKeys:
+    """A commit's new index entries as LMDB key/value pairs, built as its sessions are merged
+    (a parallel ingest builds them while the workers still stage; the last step only writes)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[tuple[bytes, bytes]]] = {"hash": [], "id": [], "rej": [], "pending": []}
+
+    def add(self, kept: list[tuple[str, str, str | None, int]], dups: list[tuple[str, str]],
+            rejections: list[bytes]) -> IndexKeys:
+        """*kept*: (object id, hash, label, shard); *dups*: (object id, kept id)."""
+        items = self.items
+        for oid, digest, label, shard in kept:
+            k, h = oid.encode("utf-8", "surrogatepass"), bytes.fromhex(digest)
+            items["hash"].append((h, _pack_kept(oid, label)))
+            items["id"].append((k, b"K" + h + struct.pack("<i", shard)))
+            items["pending"] += [(b"h" + h, b""), (b"i" + k, b"")]
+        for oid, kept_id in dups:
+            k = oid.encode("utf-8", "surrogatepass")
+            items["id"].append((k, b"D" + kept_id.encode("utf-8", "surrogatepass")))
+            items["pending"].append((b"i" + k, b""))
+        for key in rejections:
+            items["rej"].append((key, b""))
+            items["pending"].append((b"r" + key, b""))
+        return self
+
+
 class DedupIndex:
     """Open ``STORE/index.lmdb`` (created if *write*)."""
 
@@ -119,21 +145,12 @@ class DedupIndex:
 
         *kept*: (object id, hash, label, shard); *dups*: (object id, kept id).
         """
-        items: dict[str, list[tuple[bytes, bytes]]] = {"hash": [], "id": [], "rej": [], "pending": []}
-        for oid, digest, label, shard in kept:
-            k, h = oid.encode("utf-8", "surrogatepass"), bytes.fromhex(digest)
-            items["hash"].append((h, _pack_kept(oid, label)))
-            items["id"].append((k, b"K" + h + struct.pack("<i", shard)))
-            items["pending"] += [(b"h" + h, b""), (b"i" + k, b"")]
-        for oid, kept_id in dups:
-            k = oid.encode("utf-8", "surrogatepass")
-            items["id"].append((k, b"D" + kept_id.encode("utf-8", "surrogatepass")))
-            items["pending"].append((b"i" + k, b""))
-        for key in rejections:
-            items["rej"].append((key, b""))
-            items["pending"].append((b"r" + key, b""))
+        self.stage_keys(generation, IndexKeys().add(kept, dups, rejections))
+
+    def stage_keys(self, generation: int, keys: IndexKeys) -> None:
+        """:meth:`stage` of keys already built (a commit builds them session by session)."""
         with self.env.begin(write=True) as txn:
-            for name, pairs in items.items():
+            for name, pairs in keys.items.items():
                 # Sorted, one putmulti per database: B-tree inserts in key order (same content
                 # as one put per key; later pairs of an equal key win, as they did).
                 pairs.sort(key=lambda kv: kv[0])
