@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -200,12 +200,13 @@ def _chunk(src, fmt, store_dir, source, chunk, chunk_records, constants, raw_con
     *listed*: the source's file listing made by the client (a worker then does not list the
     folder again: on a parallel file system that is the slow part).
     """
-    if listed is not None:
-        _tree(Path(src), bool(options.get("follow_symlinks")), options.get("_run"), listed)
     from tqdm.auto import tqdm
 
     from aqqua_geo.store import StoreWriter
     from aqqua_geo.store.writer import session_name
+
+    if listed is not None:
+        _tree(Path(src), bool(options.get("follow_symlinks")), options.get("_run"), listed)
 
     lo, hi = chunk * chunk_records, (chunk + 1) * chunk_records
     out = {"records": 0, "rejected_by_reason": Counter(), "rejections": [], "notes": [], "warnings": Counter(),
@@ -315,10 +316,12 @@ def _staged(args, rest, n_chunks: int, client, progress: bool):
     # the listing the count made, sent to each worker once (a future: not pickled per chunk)
     listed = client.scatter(_tree(Path(src), bool(options.get("follow_symlinks")), options.get("_run")),
                             broadcast=True, hash=False)
-    futures = [client.submit(_chunk, *args, k, *rest, listed=listed, key=f"aqqua-ingest-{source}-{k}", pure=False)
-               for k in range(n_chunks)]
-    for future in futures:
-        yield future.result()
+    futures = deque(client.submit(_chunk, *args, k, *rest, listed=listed, key=f"aqqua-ingest-{source}-{k}",
+                                  pure=False) for k in range(n_chunks))
+    del listed  # the chunks hold it now
+    while futures:
+        result = futures.popleft().result()  # each future is released once read: when the last
+        yield result  # result is yielded, this process holds no future (the client may close)
 
 
 def _run(src, fmt, store_dir, *, source=None, constants=None, strict=False, progress=True, batch_size=512, codec=None,
