@@ -271,8 +271,8 @@ def _dask_client(workers: int | None, scheduler: str | None):
     # no dashboard, so nobody reads the workers' statistical profiler: it samples every stack
     # each 10 ms, CPU taken from the staging on a small machine. The workers import the staging
     # code as they start (while this process counts the records), not in their first chunk.
-    with dask.config.set({"distributed.worker.profile.enabled": False,
-                          "distributed.worker.preload": ["aqqua_geo.ingest.preload_worker"]}):
+    preload = [*dask.config.get("distributed.worker.preload", []), "aqqua_geo.ingest.preload_worker"]
+    with dask.config.set({"distributed.worker.profile.enabled": False, "distributed.worker.preload": preload}):
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
     return Client(cluster), cluster
 

@@ -100,6 +100,31 @@ def test_source_tree_travels_to_workers_as_listed(m106, tmp_path):
     assert_same_store(serial, par)
 
 
+def test_local_cluster_workers_start_ready_to_stage():
+    """The parallel ingest's LocalCluster workers have the staging code imported at start (not
+    in their first chunk), keep a user's own preloads, and run without the sampling profiler."""
+    import dask
+    import distributed  # noqa: F401 - its config defaults exist before the override below
+
+    from aqqua_geo.ingest.runner import _close_client, _dask_client
+
+    def state():
+        import sys
+
+        import dask as d
+
+        return ("aqqua_geo.store.writer" in sys.modules, d.config.get("distributed.worker.preload"),
+                d.config.get("distributed.worker.profile.enabled"))
+
+    with dask.config.set({"distributed.worker.preload": ["json"]}):
+        client, cluster = _dask_client(1, None)
+    try:
+        (imported, preload, profile), = client.run(state).values()
+    finally:
+        _close_client(client, cluster)
+    assert imported and preload == ["json", "aqqua_geo.ingest.preload_worker"] and profile is False
+
+
 def _stage(store: Path, name: str, items) -> Path:
     with StoreWriter(store, source="s", source_format="test", session=name, publish=False) as w:
         for oid, img, rec in items:
