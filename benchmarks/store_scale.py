@@ -143,7 +143,7 @@ def bench_append(sizes: list[int], repeats: int = 3) -> None:
 
 def bench_ingest(n: int, workers: int, repeats: int = 3) -> None:
     """Serial vs *workers* Dask workers, alternated *repeats* times (a shared VM has slow phases:
-    one pair alone can be off by 30 %); prints each pair, the median ratio, and the equality check
+    one pair alone was off by up to 40 %); prints each pair, the median ratio, and the equality check
     of the last pair's stores."""
     from PIL import Image
 

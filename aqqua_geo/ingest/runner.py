@@ -133,10 +133,11 @@ def _store_state(store_dir: str | Path | None) -> tuple[dict[str, str], dict[str
 _TREES: dict[tuple, SourceTree] = {}
 
 
-def _tree(src: Path, follow_symlinks: bool, run: str | None, listed: SourceTree | None = None) -> SourceTree:
-    """The source's file tree, listed once per process and ingest run *run* (every chunk of an
-    ingest walks the same tree; listing 20 000 files costs ~1 s); None: list it again.
-    *listed*: the run's listing, shipped by the client to a Dask worker (kept for the run)."""
+def _tree(src: Path, options: dict[str, Any], listed: SourceTree | None = None) -> SourceTree:
+    """The source's file tree, listed once per process and ingest run (``options["_run"]``: every
+    chunk of an ingest walks the same tree; listing 20 000 files costs ~1 s); no run: list it
+    again. *listed*: the run's listing, shipped by the client to a Dask worker (kept for the run)."""
+    follow_symlinks, run = bool(options.get("follow_symlinks")), options.get("_run")
     if run is None:
         return SourceTree(src, follow_symlinks=follow_symlinks)
     key = (str(src.resolve()), follow_symlinks, run)
@@ -150,7 +151,7 @@ def _iterator(src: Path, fmt: str, options: dict[str, Any], store_dir: Path | No
               skip: int = 0) -> Iterator[Item | FileProblem | None]:
     """The record stream of *src*; values before position *skip* may be ``None`` (the caller
     drops them: formats that can skip cheaply do)."""
-    tree = _tree(src, bool(options.get("follow_symlinks")), options.get("_run"))
+    tree = _tree(src, options)
     if fmt == "ecotaxa":
         from aqqua_geo.ingest.ecotaxa import acq_samples_from_raw, iter_ecotaxa
 
@@ -206,7 +207,7 @@ def _chunk(src, fmt, store_dir, source, chunk, chunk_records, constants, raw_con
     from aqqua_geo.store.writer import session_name
 
     if listed is not None:
-        _tree(Path(src), bool(options.get("follow_symlinks")), options.get("_run"), listed)
+        _tree(Path(src), options, listed)
 
     lo, hi = chunk * chunk_records, (chunk + 1) * chunk_records
     out = {"records": 0, "rejected_by_reason": Counter(), "rejections": [], "notes": [], "warnings": Counter(),
@@ -314,8 +315,7 @@ def _staged(args, rest, n_chunks: int, client, progress: bool):
         return
     src, source, options = args[0], args[3], rest[-1]
     # the listing the count made, sent to each worker once (a future: not pickled per chunk)
-    listed = client.scatter(_tree(Path(src), bool(options.get("follow_symlinks")), options.get("_run")),
-                            broadcast=True, hash=False)
+    listed = client.scatter(_tree(Path(src), options), broadcast=True, hash=False)
     futures = deque(client.submit(_chunk, *args, k, *rest, listed=listed, key=f"aqqua-ingest-{source}-{k}",
                                   pure=False) for k in range(n_chunks))
     del listed  # the chunks hold it now
